@@ -1,0 +1,54 @@
+"""The ``rcnn`` command: ``rcnn train | eval | predict | check``.
+
+Each sub-command lives in its own module of this package with two functions:
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit code). Errors a user can fix are raised
+as ``rcnn.errors.UserError`` and printed as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from rcnn.errors import UserError
+
+COMMANDS = {
+    "train": "Train Faster R-CNN / Mask R-CNN (no arguments: the shapes demo).",
+    "eval": "Evaluate a checkpoint or a detections file (COCO AP, VOC07/VOC12 mAP).",
+    "predict": "Run a model on images, folders or globs; write overlays and COCO results.",
+    "check": "Validate a COCO or VOC dataset and report every problem.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rcnn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"rcnn.cli.{name}")
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    module = importlib.import_module(f"rcnn.cli.{args.command}")
+    try:
+        return int(module.run(args) or 0)
+    except UserError as error:
+        print(f"rcnn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rcnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
