@@ -1,0 +1,166 @@
+"""What parsing an annotation file produces: records, class names and the problems found.
+
+Both the dataset (which repairs or skips) and ``rcnn check`` (which reports) use these, so the
+report lists exactly what training will do with each problem.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rcnn.structures import InstanceMask, Record
+
+# The fraction of images a single-file dataset holds out for validation (the last ones by image id,
+# or by file name for VOC folders). 18 images -> 15 train + 3 val.
+HOLDOUT_FRACTION = 0.15
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a dataset.
+
+    Attributes:
+        file: the annotation or image file concerned.
+        annotation: the annotation id (COCO), object index (VOC), or None for an image-level problem.
+        kind: a short machine-readable name (``"missing_image"``, ``"box_outside_image"``, ...).
+        message: what is wrong and what was done about it.
+    """
+
+    file: str
+    annotation: int | str | None
+    kind: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "annotation": self.annotation,
+            "kind": self.kind,
+            "problem": self.message,
+        }
+
+
+@dataclass
+class Instance:
+    """One parsed object before it joins its record."""
+
+    box: np.ndarray
+    label: int
+    ignore: bool
+    mask: InstanceMask | None
+    annotation_id: int
+
+
+@dataclass
+class ParsedDataset:
+    """The result of reading a dataset's annotation files (no pixels read, except headers).
+
+    Attributes:
+        source: the annotation file or folder.
+        records: the usable images (after ``skip_empty``).
+        class_names: label -> class name.
+        label_to_category_id: label -> the source file's category id.
+        metric: ``"coco"`` or ``"voc"``.
+        has_masks: whether instances carry masks.
+        problems: every problem found, in file order.
+        num_empty: images with no non-ignored instance (before ``skip_empty``).
+        num_skipped_empty: how many of those were left out by ``skip_empty``.
+        num_small: instances left out by ``min_object_area``.
+        missing_images: image paths that do not exist.
+    """
+
+    source: str
+    records: list[Record]
+    class_names: list[str]
+    label_to_category_id: list[int]
+    metric: str
+    has_masks: bool
+    problems: list[Problem] = field(default_factory=list)
+    num_empty: int = 0
+    num_skipped_empty: int = 0
+    num_small: int = 0
+    missing_images: list[str] = field(default_factory=list)
+
+    def problem_counts(self) -> Counter:
+        return Counter(problem.kind for problem in self.problems)
+
+
+def is_empty(record: Record) -> bool:
+    """True when the record has no instance that is not an ignore region."""
+    return not bool((~record.ignore).any()) if len(record) else True
+
+
+def make_record(
+    image_path: str,
+    image_id: int,
+    size: tuple[int, int],
+    instances: list[Instance],
+    *,
+    has_masks: bool,
+    file_name: str,
+) -> Record:
+    """Assemble a ``Record`` from parsed instances of an image of ``size`` ``(H, W)``."""
+    boxes = np.array([inst.box for inst in instances], dtype=np.float32).reshape(-1, 4)
+    return Record(
+        image_path=image_path,
+        image_id=int(image_id),
+        height=int(size[0]),
+        width=int(size[1]),
+        boxes=boxes,
+        labels=np.array([inst.label for inst in instances], dtype=np.int64),
+        ignore=np.array([inst.ignore for inst in instances], dtype=bool),
+        masks=[inst.mask for inst in instances] if has_masks else None,
+        annotation_ids=[int(inst.annotation_id) for inst in instances],
+        file_name=file_name,
+    )
+
+
+def check_box(
+    box: Any, size: tuple[int, int], where: tuple[str, Any], problems: list[Problem]
+) -> np.ndarray | None:
+    """Validate an XYXY box, clip it to an image of ``size`` ``(H, W)``; None when unusable.
+
+    Every repair or drop is appended to ``problems`` as ``Problem(file, annotation, ...)`` with
+    ``where = (file, annotation)``.
+    """
+    try:
+        array = np.asarray(box, dtype=np.float64).reshape(4)
+    except (TypeError, ValueError):
+        problems.append(Problem(*where, "bad_box", f"box {box!r} is not 4 numbers: dropped"))
+        return None
+    if not np.isfinite(array).all():
+        problems.append(Problem(*where, "nan_coordinates", f"box {array.tolist()}: dropped"))
+        return None
+    if array[2] <= array[0] or array[3] <= array[1]:
+        message = f"box {array.tolist()} has zero or negative size: dropped"
+        problems.append(Problem(*where, "zero_area_box", message))
+        return None
+    height, width = size
+    clipped = array.clip([0, 0, 0, 0], [width, height, width, height])
+    if not np.array_equal(clipped, array):
+        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            message = f"box {array.tolist()} lies outside the {width}x{height} image: dropped"
+            problems.append(Problem(*where, "zero_area_box", message))
+            return None
+        message = f"box {array.tolist()} clipped to the {width}x{height} image"
+        problems.append(Problem(*where, "box_outside_image", message))
+    return clipped
+
+
+def holdout_split(keys: list[Any], split: str) -> set[Any]:
+    """The deterministic train/val split of a dataset that ships one annotation file.
+
+    The keys (image ids, or file names for VOC) are sorted; the last ``round(15%)`` (at least one
+    when there are two or more) are "val", the rest "train".
+    """
+    ordered = sorted(keys)
+    num_val = max(1, math.floor(len(ordered) * HOLDOUT_FRACTION + 0.5)) if len(ordered) > 1 else 0
+    chosen = (
+        ordered[len(ordered) - num_val :] if split == "val" else ordered[: len(ordered) - num_val]
+    )
+    return set(chosen)

@@ -1,0 +1,232 @@
+"""Reading Pascal VOC xml: the VOCdevkit layout, or a custom folder of xml + images.
+
+Coordinates: VOC boxes are 1-based inclusive pixel indices; in our continuous XYXY convention a box
+``xmin..xmax`` covers ``[xmin - 1, xmax]`` (as Detectron2 reads it), so ``x2 - x1`` equals the
+devkit's ``xmax - xmin + 1``. ``difficult`` objects are kept as ignore regions. Classes come from a
+given list (the 20 VOC classes for the devkit) or are discovered from the xml (sorted names).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import xml.etree.ElementTree as ET
+
+from rcnn.data.images import UnreadableImageError, image_size
+from rcnn.data.records import (
+    Instance,
+    ParsedDataset,
+    Problem,
+    check_box,
+    holdout_split,
+    is_empty,
+    make_record,
+)
+from rcnn.errors import DatasetError
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
+
+
+def _text(node: ET.Element | None, tag: str) -> str | None:
+    child = node.find(tag) if node is not None else None
+    return child.text.strip() if child is not None and child.text else None
+
+
+def _object(obj: ET.Element) -> tuple[str | None, bool, list]:
+    name = _text(obj, "name")
+    difficult = _text(obj, "difficult") or "0"
+    box_node = obj.find("bndbox")
+    coords = [_text(box_node, tag) for tag in ("xmin", "ymin", "xmax", "ymax")]
+    try:
+        x1, y1, x2, y2 = (float(v) for v in coords)  # type: ignore[arg-type]
+        box = [x1 - 1.0, y1 - 1.0, x2, y2]
+    except (TypeError, ValueError):
+        box = coords
+    return name, difficult.strip() not in ("0", "", "false"), box
+
+
+def _find_image(xml_path: str, root: ET.Element, image_dir: str) -> str:
+    name = _text(root, "filename")
+    if name and os.path.isfile(os.path.join(image_dir, name)):
+        return os.path.join(image_dir, name)
+    stem = os.path.splitext(os.path.basename(xml_path))[0]
+    for ext in IMAGE_EXTENSIONS:
+        if os.path.isfile(os.path.join(image_dir, stem + ext)):
+            return os.path.join(image_dir, stem + ext)
+    return os.path.join(image_dir, name or stem + ".jpg")
+
+
+def _size(root: ET.Element, image_path: str, xml_path: str, problems: list[Problem]):
+    size_node = root.find("size")
+    try:
+        size = (int(float(_text(size_node, "height"))), int(float(_text(size_node, "width"))))
+        if min(size) > 0:
+            return size
+    except (TypeError, ValueError):
+        pass
+    problems.append(Problem(xml_path, None, "bad_image", "no <size>: read from the image file"))
+    try:
+        return image_size(image_path)
+    except (DatasetError, UnreadableImageError):
+        return (0, 0)
+
+
+def parse_xml(xml_path: str, image_dir: str, problems: list[Problem]) -> dict | None:
+    """One xml file: ``{"image_path", "size", "objects": [(name, difficult, box)]}`` or None."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as error:
+        problems.append(Problem(xml_path, None, "bad_xml", f"cannot parse ({error}): skipped"))
+        return None
+    image_path = _find_image(xml_path, root, image_dir)
+    size = _size(root, image_path, xml_path, problems)
+    objects = [_object(obj) for obj in root.iter("object")]
+    return {"xml": xml_path, "image_path": image_path, "size": size, "objects": objects}
+
+
+def _instances(item: dict, class_to_label: dict, problems: list[Problem]) -> list[Instance]:
+    instances = []
+    for index, (name, difficult, box) in enumerate(item["objects"]):
+        where = (item["xml"], index)
+        if name not in class_to_label:
+            problems.append(Problem(*where, "unknown_category", f"class {name!r}: dropped"))
+            continue
+        checked = check_box(box, item["size"], where, problems)
+        if checked is not None:
+            instances.append(Instance(checked, class_to_label[name], difficult, None, index))
+    return instances
+
+
+def build_voc(
+    items: list[dict],
+    source: str,
+    problems: list[Problem],
+    *,
+    classes: list[str] | tuple[str, ...] | None = None,
+    skip_empty: bool = False,
+) -> ParsedDataset:
+    """Records from parsed xml ``items``; ``classes=None`` discovers them (sorted names)."""
+    if classes is None:
+        classes = sorted({name for item in items for name, _, _ in item["objects"] if name})
+    if not classes:
+        raise DatasetError(f"{source}: no objects with a <name> in any xml file")
+    class_to_label = {name: label for label, name in enumerate(classes)}
+    parsed = ParsedDataset(
+        source, [], list(classes), list(range(1, len(classes) + 1)), "voc", False
+    )
+    parsed.problems = problems
+    for image_id, item in enumerate(items):
+        record = make_record(
+            item["image_path"],
+            image_id,
+            item["size"],
+            _instances(item, class_to_label, problems),
+            has_masks=False,
+            file_name=os.path.basename(item["image_path"]),
+        )
+        if not os.path.isfile(record.image_path):
+            parsed.missing_images.append(record.image_path)
+            problems.append(
+                Problem(record.image_path, None, "missing_image", "image file not found")
+            )
+        if is_empty(record):
+            parsed.num_empty += 1
+            if skip_empty:
+                parsed.num_skipped_empty += 1
+                continue
+        parsed.records.append(record)
+    return parsed
+
+
+def load_voc_devkit(
+    root: str,
+    splits: list[tuple[int | str, str]],
+    *,
+    classes: tuple[str, ...] = VOC_CLASSES,
+    skip_empty: bool = False,
+) -> ParsedDataset:
+    """A VOCdevkit folder (``root/VOC2007/...``) for GluonCV-style ``[(2007, "trainval"), ...]``."""
+    items: list[dict] = []
+    problems: list[Problem] = []
+    for year, name in splits:
+        base = os.path.join(root, f"VOC{year}")
+        list_file = os.path.join(base, "ImageSets", "Main", f"{name}.txt")
+        if not os.path.isfile(list_file):
+            raise DatasetError(f"{list_file}: VOC split list not found")
+        with open(list_file, encoding="utf-8") as handle:
+            ids = [line.split()[0] for line in handle if line.strip()]
+        for image_stem in ids:
+            xml = os.path.join(base, "Annotations", f"{image_stem}.xml")
+            if not os.path.isfile(xml):
+                problems.append(Problem(xml, None, "missing_annotation", "listed but not found"))
+                continue
+            item = parse_xml(xml, os.path.join(base, "JPEGImages"), problems)
+            if item is not None:
+                items.append(item)
+    return build_voc(items, root, problems, classes=classes, skip_empty=skip_empty)
+
+
+def _first_dir(root: str, names: tuple[str, ...]) -> str:
+    for name in names:
+        if os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    return root
+
+
+def _split_stems(root: str, split: str) -> set[str] | None:
+    """File stems listed for ``split`` in ``splits/`` or ``ImageSets/Main`` (txt or csv), or None."""
+    folder = _first_dir(root, ("splits", os.path.join("ImageSets", "Main")))
+    words = ("train",) if split == "train" else ("val", "test")
+    files = [
+        path
+        for path in sorted(glob.glob(os.path.join(folder, "*")))
+        if path.endswith((".txt", ".csv"))
+        and any(os.path.basename(path).lower().startswith(word) for word in words)
+    ]
+    if not files:
+        return None
+    stems: set[str] = set()
+    for path in files:
+        with open(path, encoding="utf-8", newline="") as handle:
+            if path.endswith(".csv"):
+                names = [row.get("filename", "") for row in csv.DictReader(handle)]
+            else:
+                names = [line.split()[0] for line in handle if line.strip()]
+        stems.update(os.path.splitext(os.path.basename(n))[0] for n in names if n)
+    return stems
+
+
+def load_voc_folder(
+    root: str,
+    split: str | None = None,
+    *,
+    classes: list[str] | None = None,
+    skip_empty: bool = False,
+) -> ParsedDataset:
+    """A custom VOC folder: xml in ``annotations/`` (or ``Annotations/``, or ``root``), images in
+    ``images/`` (or ``JPEGImages/``, or ``root``). The split comes from lists in ``splits/`` or
+    ``ImageSets/Main`` named ``train*`` / ``val*`` or ``test*`` (txt ids, or csv with a
+    ``filename`` column); without lists, ``holdout_split`` on file names; ``split=None``: all.
+    """
+    xml_dir = _first_dir(root, ("annotations", "Annotations"))
+    image_dir = _first_dir(root, ("images", "JPEGImages"))
+    xml_files = sorted(glob.glob(os.path.join(xml_dir, "*.xml")))
+    if not xml_files:
+        raise DatasetError(f"{root}: no VOC xml files in {xml_dir}")
+    problems: list[Problem] = []
+    items = [parse_xml(path, image_dir, problems) for path in xml_files]
+    items = [item for item in items if item is not None]
+    if classes is None:  # discovered over every split, so train and val share the labels
+        classes = sorted({name for item in items for name, _, _ in item["objects"] if name})
+    if split is not None:
+        stems = [os.path.splitext(os.path.basename(item["xml"]))[0] for item in items]
+        chosen = _split_stems(root, split)
+        chosen = chosen if chosen is not None else holdout_split(stems, split)
+        items = [item for item, stem in zip(items, stems) if stem in chosen]
+    return build_voc(items, root, problems, classes=classes, skip_empty=skip_empty)
