@@ -98,6 +98,7 @@ class DetectionDataset(Dataset):
 
     def __repr__(self) -> str:
         return (
-            f"DetectionDataset({self.source!r}, images={len(self)}, classes={len(self.class_names)}, "
+            f"DetectionDataset({self.source!r}, images={len(self)}, "
+            f"classes={len(self.class_names)}, "
             f"metric={self.metric!r}, masks={self.has_masks})"
         )

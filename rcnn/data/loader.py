@@ -163,7 +163,7 @@ def build_train_loader(
     aspect_grouping: bool = True,
     start_iter: int = 0,
 ) -> Loader:
-    """An infinite loader of ``(list[uint8 Tensor], list[Targets])`` for one rank (see module doc)."""
+    """An infinite loader of ``(list[uint8 Tensor], list[Targets])`` for one rank."""
     sampler = TrainBatchSampler(
         dataset.aspect_ratios(),
         batch_size,

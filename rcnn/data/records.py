@@ -26,7 +26,7 @@ class Problem:
 
     Attributes:
         file: the annotation or image file concerned.
-        annotation: the annotation id (COCO), object index (VOC), or None for an image-level problem.
+        annotation: the annotation id (COCO), object index (VOC), None for the whole image.
         kind: a short machine-readable name (``"missing_image"``, ``"box_outside_image"``, ...).
         message: what is wrong and what was done about it.
     """

@@ -6,7 +6,8 @@ positions; two objects overlap at most IoU 0.3 and each keeps at least 40% of it
 Objects are drawn in order into a label map; each mask is the visible part of its object (the
 label map's pixels, as exact RLE via pycocotools) and its box surrounds that visible part, so the
 occluded parts are cut from the lower masks. The RGB image is the label map coloured, so masks and
-pixels agree exactly. Train and val come from separate random streams (``[seed, 0]``, ``[seed, 1]``).
+pixels agree exactly. Train and val come from separate random streams ``[seed, 0]``,
+``[seed, 1]``.
 
 Written as PNGs (Pillow, fixed compression) + COCO json (sorted keys): byte-identical for a seed.
 """

@@ -22,7 +22,7 @@ from rcnn.structures import Targets
 
 
 def resize_scale(height: int, width: int, short: int, max_size: int) -> float:
-    """The factor that brings the short side to ``short`` without the long side passing ``max_size``."""
+    """The factor bringing the short side to ``short``, the long side to at most ``max_size``."""
     return min(short / min(height, width), max_size / max(height, width))
 
 
@@ -71,7 +71,7 @@ def resize(image: Tensor, targets: Targets, short: int, max_size: int) -> tuple[
 
 
 def hflip_targets(targets: Targets) -> Targets:
-    """Mirror targets left-right: ``x -> W - x`` for boxes and polygons, columns reversed for RLE."""
+    """Mirror targets left-right: ``x -> W - x`` for boxes and polygons; RLE columns reversed."""
     width = targets.image_size[1]
     boxes = targets.boxes.clone()
     boxes[:, 0] = width - targets.boxes[:, 2]

@@ -180,7 +180,7 @@ def _first_dir(root: str, names: tuple[str, ...]) -> str:
 
 
 def _split_stems(root: str, split: str) -> set[str] | None:
-    """File stems listed for ``split`` in ``splits/`` or ``ImageSets/Main`` (txt or csv), or None."""
+    """File stems listed for ``split`` in ``splits/`` or ``ImageSets/Main`` (txt, csv), or None."""
     folder = _first_dir(root, ("splits", os.path.join("ImageSets", "Main")))
     words = ("train",) if split == "train" else ("val", "test")
     files = [
@@ -228,5 +228,5 @@ def load_voc_folder(
         stems = [os.path.splitext(os.path.basename(item["xml"]))[0] for item in items]
         chosen = _split_stems(root, split)
         chosen = chosen if chosen is not None else holdout_split(stems, split)
-        items = [item for item, stem in zip(items, stems) if stem in chosen]
+        items = [item for item, stem in zip(items, stems, strict=True) if stem in chosen]
     return build_voc(items, root, problems, classes=classes, skip_empty=skip_empty)
