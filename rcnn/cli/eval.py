@@ -1,15 +1,183 @@
-"""`rcnn eval` (placeholder wiring; its owner replaces this module)."""
+"""`rcnn eval`: COCO AP or VOC07/VOC12 mAP of a checkpoint on a dataset, or of a detections file.
+
+Model mode:   rcnn eval --checkpoint CKPT --dataset SPEC [--data-root DIR] [--split val]
+Results mode: rcnn eval --results DETS.json --coco ANN.json   (or --voc ROOT)
+
+Prints the metrics, per-class AP and precision/recall/F1 at ``--score-thresh`` (``--json``: only
+the metrics, in the ``final_metrics.json`` layout). With ``--output DIR`` it also writes
+``final_metrics.json``, ``per_class.txt``, ``results.json`` (model mode), ``prf_at_T.{json,txt}``,
+``pr_curves.png`` and ``confusion_matrix.png``. Under torchrun, every rank predicts its share of the
+images and rank 0 evaluates.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
 
 from rcnn.errors import UserError
+from rcnn.evaluation import build_evaluator
+from rcnn.evaluation.coco import evaluate_coco_results
+from rcnn.evaluation.coco_gt import load_coco_json, records_from_coco
+from rcnn.evaluation.report import (
+    json_safe,
+    metrics_summary,
+    per_class_table,
+    results_to_arrays,
+    write_analysis,
+    write_json,
+    write_metrics,
+)
+from rcnn.evaluation.results import check_result_ids, detections_to_results, load_results
+from rcnn.evaluation.voc import VOCEvaluator, detections_to_arrays
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser
+    model = parser.add_argument_group("model mode")
+    model.add_argument("--checkpoint", help="checkpoint written by `rcnn train`")
+    model.add_argument("--dataset", help="shapes | coco | voc | path to a COCO json or VOC folder")
+    model.add_argument("--data-root", help="root folder of the coco / voc datasets")
+    model.add_argument("--split", default="val", choices=["train", "val"], help="default: val")
+    model.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    model.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
+    model.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    model.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    files = parser.add_argument_group("results mode")
+    files.add_argument("--results", help="detections in the COCO results format (json list)")
+    files.add_argument("--coco", help="COCO annotation json to score --results against")
+    files.add_argument("--voc", help="VOC-style folder to score --results against (--split)")
+    parser.add_argument("--output", help="folder for metrics json, tables, results and plots")
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.5, help="score threshold for P/R/F1 and confusion"
+    )
+    parser.add_argument("--json", action="store_true", help="print only the metrics as json")
+
+
+def _check_mode(args: argparse.Namespace) -> None:
+    if args.results:
+        if bool(args.coco) == bool(args.voc):
+            raise UserError("--results needs exactly one of --coco ANN.json or --voc ROOT")
+        if args.checkpoint:
+            raise UserError("give either --results or --checkpoint, not both")
+    elif not (args.checkpoint and args.dataset):
+        raise UserError(
+            "give --checkpoint CKPT --dataset SPEC, or --results DETS.json --coco ANN.json"
+        )
+
+
+def _print(args: argparse.Namespace, metrics: dict[str, Any], prf_table: str) -> None:
+    if args.json:
+        print(json.dumps(json_safe(metrics), indent=2))
+        return
+    print(metrics_summary(metrics))
+    print()
+    print(per_class_table(metrics))
+    print()
+    print(f"precision / recall / F1 at score >= {args.score_thresh:g}, IoU 0.5:")
+    print(prf_table)
+
+
+def _eval_coco_file(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]]:
+    coco_gt = load_coco_json(args.coco)
+    results = load_results(args.results)
+    metrics = evaluate_coco_results(coco_gt, results, source=args.results)
+    records, class_names, category_ids = records_from_coco(coco_gt)
+    category_to_label = {cid: label for label, cid in enumerate(category_ids)}
+    return metrics, records, results_to_arrays(results, category_to_label), class_names
+
+
+def _voc_image_ids(results: list[dict], records: list) -> None:
+    """Let results name VOC images by file stem ("000005") as well as by record image id."""
+    by_stem = {Path(r.file_name or r.image_path).stem: r.image_id for r in records}
+    known = {r.image_id for r in records}
+    for result in results:
+        image_id = result["image_id"]
+        if image_id not in known and str(image_id) in by_stem:
+            result["image_id"] = by_stem[str(image_id)]
+
+
+def _eval_voc_file(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]]:
+    from rcnn.data import build_dataset
+
+    dataset = build_dataset(args.voc, args.split)
+    results = load_results(args.results)
+    records = dataset.records
+    _voc_image_ids(results, records)
+    category_ids = list(dataset.label_to_category_id)
+    check_result_ids(results, [r.image_id for r in records], category_ids, args.results)
+    category_to_label = {cid: label for label, cid in enumerate(category_ids)}
+    detections = results_to_arrays(results, category_to_label)
+    empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
+    evaluator = VOCEvaluator(records, dataset.class_names)
+    evaluator.add_arrays({r.image_id: detections.get(r.image_id, empty) for r in records})
+    return evaluator.evaluate(), records, detections, list(dataset.class_names)
+
+
+def _init_distributed() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] | None:
+    from rcnn.data import build_dataset
+    from rcnn.engine.checkpoint import load_model
+    from rcnn.engine.inference import predict_dataset
+
+    distributed = _init_distributed()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.checkpoint, device=device)
+    dataset = build_dataset(args.dataset, args.split, data_root=args.data_root)
+    subset: Any = dataset
+    if args.max_images:
+        subset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
+    predictions = predict_dataset(
+        model, subset, batch_size=args.batch_size, num_workers=args.num_workers,
+        distributed=distributed,
+    )  # fmt: skip
+    if distributed and torch.distributed.get_rank() != 0:
+        return None
+    evaluator = build_evaluator(dataset)
+    image_ids = [image_id for image_id, _ in predictions]
+    evaluator.process(image_ids, [dets for _, dets in predictions])
+    metrics = evaluator.evaluate()
+    if args.output:
+        results = [
+            r
+            for image_id, dets in predictions
+            for r in detections_to_results(image_id, dets, dataset.label_to_category_id)
+        ]
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.output) / "results.json", results)
+    detections = {image_id: detections_to_arrays(dets) for image_id, dets in predictions}
+    records = [r for r in dataset.records if r.image_id in detections]
+    return metrics, records, detections, list(dataset.class_names)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("'rcnn eval' is not built yet")
+    _check_mode(args)
+    if args.results:
+        outcome = _eval_coco_file(args) if args.coco else _eval_voc_file(args)
+    else:
+        outcome = _eval_model(args)
+        if outcome is None:  # a rank other than 0
+            return 0
+    metrics, records, detections, class_names = outcome
+    prf_table = write_analysis(
+        records, detections, class_names, score_thresh=args.score_thresh, output_dir=args.output
+    )
+    if args.output:
+        write_metrics(metrics, args.output)
+    _print(args, metrics, prf_table)
+    return 0

@@ -1,0 +1,117 @@
+"""Run a model over a dataset: the detections of every image, gathered on rank 0.
+
+The dataset should have no transform: in eval mode the model takes raw uint8 images and returns
+detections in their coordinates (docs/CONTRACTS.md), which is what the evaluators score.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from rcnn.structures import Detections
+
+logger = logging.getLogger(__name__)
+
+
+def _collate(batch: list[tuple[torch.Tensor, Any]]) -> list[tuple[torch.Tensor, Any]]:
+    return batch
+
+
+def _image_id(dataset: Any, index: int, targets: Any) -> Any:
+    if hasattr(targets, "image_id"):
+        return targets.image_id
+    return dataset.records[index].image_id
+
+
+def _rank_world(distributed: bool) -> tuple[int, int]:
+    if distributed and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if distributed:
+        logger.warning("distributed=True but torch.distributed is not initialised: one process")
+    return 0, 1
+
+
+def _predict_indices(
+    model: torch.nn.Module,
+    dataset: Any,
+    indices: list[int],
+    *,
+    batch_size: int,
+    num_workers: int,
+    show_progress: bool,
+) -> list[tuple[int, Any, Detections]]:
+    """``(dataset index, image id, detections on the CPU)`` for each of ``indices``."""
+    loader = DataLoader(
+        Subset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    outputs = []
+    position = 0
+    with tqdm(total=len(indices), desc="predict", unit="img", disable=not show_progress) as bar:
+        for batch in loader:
+            images = [image for image, _ in batch]
+            detections = model(images)
+            for (_, targets), dets in zip(batch, detections, strict=True):
+                index = indices[position]
+                outputs.append((index, _image_id(dataset, index, targets), dets.to("cpu")))
+                position += 1
+            bar.update(len(batch))
+    return outputs
+
+
+def predict_dataset(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    distributed: bool = False,
+) -> list[tuple[Any, Detections]]:
+    """Detections of every image of ``dataset``, in dataset order.
+
+    Args:
+        model: in eval mode ``model(list of uint8 [3,H,W]) -> list[Detections]``; it is put in
+            eval mode for the run and back in its former mode afterwards.
+        dataset: ``dataset[i] -> (uint8 image [3,H,W], Targets)``; the image id comes from
+            ``Targets.image_id`` (else ``dataset.records[i].image_id``).
+        batch_size: images per model call.
+        num_workers: data-loading worker processes.
+        distributed: rank r of W predicts images ``r::W`` and rank 0 gathers everything with
+            ``torch.distributed.all_gather_object`` (every rank must call this).
+
+    Returns:
+        ``[(image id, Detections on the CPU)]`` on rank 0 (and without distribution); ``[]`` on the
+        other ranks.
+    """
+    rank, world_size = _rank_world(distributed)
+    indices = list(range(rank, len(dataset), world_size))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            outputs = _predict_indices(
+                model,
+                dataset,
+                indices,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                show_progress=rank == 0,
+            )
+    finally:
+        model.train(was_training)
+    if world_size > 1:
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, outputs)
+        if rank != 0:
+            return []
+        outputs = sorted((item for part in gathered for item in part), key=lambda item: item[0])
+    return [(image_id, dets) for _, image_id, dets in outputs]
