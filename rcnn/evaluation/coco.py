@@ -105,7 +105,8 @@ def evaluate_coco_results(
 ) -> dict[str, dict[str, Any]]:
     """COCO metrics of a results list against a ground truth, in the ``final_metrics`` layout.
 
-    Segm is scored only when the results carry masks and the ground truth has segmentations.
+    Segm is scored when the ground truth has segmentations and the results carry masks (or are
+    empty: no detections score 0).
 
     Returns:
         ``{"bbox": {"AP", ..., "APl", "per_class": {name: AP}}, "segm": {...}}``.
@@ -120,7 +121,8 @@ def evaluate_coco_results(
     metrics: dict[str, dict[str, Any]] = {}
     for iou_type in iou_types:
         if iou_type == "segm":
-            if not gt_has_masks or not any("segmentation" in r for r in results):
+            masks_missing = results and not any("segmentation" in r for r in results)
+            if not gt_has_masks or masks_missing:
                 logger.info("no masks in the ground truth or the results: segm AP skipped")
                 continue
             prepared = segm_results(results, sizes)
@@ -139,7 +141,8 @@ class COCOEvaluator:
         records: the dataset's records (``ignore`` = crowd).
         class_names: one name per label.
         label_to_category_id: label -> the category id written in results.
-        iou_types: ``"bbox"`` and/or ``"segm"``; segm is skipped when no detection has masks.
+        iou_types: ``"bbox"`` and/or ``"segm"``; segm is skipped when a processed ``Detections``
+            has ``masks=None`` (a box-only model).
 
     Only the images passed to ``process`` are scored (all of them when none was), so that a
     partial run (``--max-images``, a shard) is not charged for the images it never saw.
@@ -163,12 +166,14 @@ class COCOEvaluator:
     def reset(self) -> None:
         """Forget every processed detection."""
         self._results: dict[Any, list[dict[str, Any]]] = {}
+        self._masks_missing = False
 
     def process(self, image_ids: list[Any], detections: list[Detections]) -> None:
         """Add the detections of some images (a later call for the same image replaces it)."""
         for image_id, dets in zip(image_ids, detections, strict=True):
             if image_id not in self._known_images:
                 raise ValueError(f"image id {image_id!r} is not in the evaluator's records")
+            self._masks_missing |= dets.masks is None
             self._results[image_id] = detections_to_results(
                 image_id, dets, self.label_to_category_id
             )
@@ -181,8 +186,11 @@ class COCOEvaluator:
     def evaluate(self) -> dict[str, dict[str, Any]]:
         """``{"bbox": {"AP","AP50","AP75","APs","APm","APl","per_class"}, "segm": {...}}``."""
         image_ids = list(self._results) or None
+        iou_types = self.iou_types
+        if self._masks_missing:  # a box-only model: no segm AP
+            iou_types = tuple(t for t in iou_types if t != "segm")
         metrics = evaluate_coco_results(
-            self.coco_gt, self.results, iou_types=self.iou_types, image_ids=image_ids
+            self.coco_gt, self.results, iou_types=iou_types, image_ids=image_ids
         )
         for iou_type, values in metrics.items():
             logger.info("%s AP %.4f AP50 %.4f", iou_type, values["AP"], values["AP50"])
