@@ -1,4 +1,4 @@
-"""Mask geometry and transforms: exact flips, resizes that agree with torchvision and rasterisation."""
+"""Mask geometry and transforms: exact flips, torchvision-equal resizes, rasterisation."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_flip_twice_is_identity():
 
 
 def _border_only(got: np.ndarray, expected: np.ndarray) -> bool:
-    """True when every pixel where ``got`` differs lies within one pixel of ``expected``'s border."""
+    """True when every pixel where ``got`` differs is within one pixel of ``expected``'s border."""
     edge = np.zeros(expected.shape, dtype=bool)
     padded = np.pad(expected, 1, mode="edge")
     for dy in (0, 1, 2):

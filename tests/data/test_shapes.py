@@ -55,7 +55,7 @@ def test_shapes_masks_are_the_visible_pixels(tmp_path):
             if background.any():
                 gap = np.abs(colours[0].astype(int) - pixels[background][0].astype(int))
                 assert np.linalg.norm(gap) >= 120
-            x, y, w, h = ann["bbox"]
+            _, _, w, h = ann["bbox"]
             assert 0.15 * 128 * 0.4 <= max(w, h) <= 0.5 * 128 + 2
             assert mask_util.area(ann["segmentation"]) == ann["area"] == mask.sum()
 

@@ -1,4 +1,4 @@
-"""The shared sample datasets read as an independent parse (plain json / ElementTree) counts them."""
+"""The shared sample datasets: counts equal an independent parse (plain json, ElementTree)."""
 
 from __future__ import annotations
 
