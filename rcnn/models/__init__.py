@@ -1,0 +1,1 @@
+"""Faster / Mask R-CNN models: backbone, FPN, RPN, RoI heads and the assembled RCNN."""

@@ -1,0 +1,103 @@
+"""Anchor generation per feature level, cached per feature size.
+
+Shape shorthand: A anchors per location, L levels, H_l/W_l feature size of level l.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rcnn.models.config import AnchorConfig
+
+
+def torchvision_cell_anchors(sizes: tuple[float, ...], ratios: tuple[float, ...]) -> Tensor:
+    """[A, 4] anchors centred on 0: ``w = size / sqrt(r)``, ``h = size * sqrt(r)``, rounded.
+
+    Ratio-major order (torchvision ``AnchorGenerator.generate_anchors``).
+    """
+    scales = torch.as_tensor(sizes, dtype=torch.float32)
+    h_ratios = torch.sqrt(torch.as_tensor(ratios, dtype=torch.float32))
+    w_ratios = 1 / h_ratios
+    ws = (w_ratios[:, None] * scales[None, :]).view(-1)
+    hs = (h_ratios[:, None] * scales[None, :]).view(-1)
+    return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+
+
+def gluoncv_cell_anchors(base_size: int, scales: tuple[float, ...], ratios: tuple[float, ...]):
+    """[A, 4] anchors of GluonCV's ``RPNAnchorGenerator`` for the cell at the origin.
+
+    ``ws = round(sqrt(base^2 / r))``, ``hs = round(ws * r)``; the box spans ``ws * s`` by
+    ``hs * s`` pixels in the inclusive-pixel convention (``x2 - x1 = ws * s - 1``) around
+    ``((base - 1) / 2, (base - 1) / 2)`` (7.5 for base 16, on every level). So GluonCV's shapes are
+    ~ ``base * s / sqrt(r)`` by ``base * s * sqrt(r)``, rounded, and centred half a pixel off
+    torchvision's (which centres on ``k * stride``). Ratio-major order.
+    """
+    centre = (base_size - 1) * 0.5
+    out = []
+    for ratio in ratios:
+        for scale in scales:
+            ws = np.round(np.sqrt(base_size * base_size / ratio))
+            half_w = (ws * scale - 1) * 0.5
+            half_h = (np.round(ws * ratio) * scale - 1) * 0.5
+            out.append([centre - half_w, centre - half_h, centre + half_w, centre + half_h])
+    return torch.tensor(out, dtype=torch.float32)
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors of every level for a padded batch, cached per (level, feature size, device).
+
+    Torchvision style: the stride of a level is ``padded_size // feature_size`` per axis
+    (torchvision ``AnchorGenerator``: 57, not 64, for P6 of a 288-px input); GluonCV style: the
+    nominal stride.
+    """
+
+    def __init__(self, cfg: AnchorConfig, strides: tuple[int, ...]) -> None:
+        super().__init__()
+        self.style = cfg.style
+        self.strides = tuple(strides)
+        if cfg.style == "torchvision":
+            if len(cfg.sizes) != len(strides):
+                raise ValueError(
+                    f"anchors.sizes has {len(cfg.sizes)} levels, features {len(strides)}"
+                )
+            cells = [torchvision_cell_anchors(s, cfg.aspect_ratios) for s in cfg.sizes]
+        elif cfg.style == "gluoncv":
+            if len(cfg.scales) != len(strides):
+                raise ValueError(
+                    f"anchors.scales has {len(cfg.scales)} levels, features {len(strides)}"
+                )
+            cells = [
+                gluoncv_cell_anchors(cfg.base_size, (s,), cfg.aspect_ratios) for s in cfg.scales
+            ]
+        else:
+            raise ValueError(f"anchors.style must be 'torchvision' or 'gluoncv', got {cfg.style!r}")
+        self.cell_anchors = cells
+        self.num_anchors = len(cells[0])
+        self._cache: dict[tuple, Tensor] = {}
+
+    def _level_stride(self, level: int, grid: tuple[int, int], image_size: tuple[int, int]):
+        if self.style == "torchvision":
+            return image_size[0] // grid[0], image_size[1] // grid[1]
+        return self.strides[level], self.strides[level]
+
+    def _grid_anchors(self, level: int, grid: tuple[int, int], stride: tuple[int, int], device):
+        key = (level, grid, stride, str(device))
+        if key not in self._cache:
+            ys = torch.arange(grid[0], dtype=torch.float32, device=device) * stride[0]
+            xs = torch.arange(grid[1], dtype=torch.float32, device=device) * stride[1]
+            yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+            shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
+            cell = self.cell_anchors[level].to(device)
+            self._cache[key] = (shifts + cell[None]).reshape(-1, 4)
+        return self._cache[key]
+
+    def forward(self, features: list[Tensor], image_size: tuple[int, int]) -> list[Tensor]:
+        """Anchors [H_l * W_l * A, 4] per level (location-major, anchor-minor) for a padded size."""
+        out = []
+        for level, feature in enumerate(features):
+            grid = (int(feature.shape[-2]), int(feature.shape[-1]))
+            stride = self._level_stride(level, grid, image_size)
+            out.append(self._grid_anchors(level, grid, stride, feature.device))
+        return out

@@ -1,0 +1,184 @@
+"""The model configuration: a tree of plain dataclasses (only ``models/build.py`` reads all of it).
+
+Shape shorthand: C classes (no background), A anchors per location.
+
+Defaults are torchvision's Faster R-CNN R50-FPN (``torchvision/models/detection/faster_rcnn.py``);
+the presets in ``rcnn/zoo.py`` override what differs (GluonCV's values from its model zoo).
+Every field is a primitive, a tuple or a nested dataclass, so the tree dumps to yaml and
+``--set a.b=value`` overrides reach every knob.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# torchvision's ``bbox_xform_clip`` (rcnn/_utils.py) and GluonCV's ``clip`` for FPN models (4.14).
+DEFAULT_BOX_CLIP = math.log(1000.0 / 16)
+
+
+@dataclass
+class InputConfig:
+    """How images enter the model.
+
+    Attributes:
+        train_short: shorter-side sizes for training (one is drawn per image by the data transform).
+        short_mode: ``"choice"`` (pick one of ``train_short``) or ``"range"`` (uniform in between).
+        test_short: shorter side at test time (eval mode resizes raw images itself).
+        max_size: cap on the longer side.
+        pixel_mean: per-channel mean in the units of ``pixel_range`` (RGB order unless ``bgr``).
+        pixel_std: per-channel std, same units.
+        pixel_range: images are uint8 / 255 * ``pixel_range`` (1.0 for torchvision/GluonCV weights,
+            255.0 for Detectron2's).
+        bgr: feed channels in BGR order (Detectron2's weights).
+        size_divisibility: the padded batch is a multiple of this on both sides.
+    """
+
+    train_short: tuple[int, ...] = (800,)
+    short_mode: str = "choice"
+    test_short: int = 800
+    max_size: int = 1333
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pixel_range: float = 1.0
+    bgr: bool = False
+    size_divisibility: int = 32
+
+
+@dataclass
+class BackboneConfig:
+    """The ResNet body.
+
+    Attributes:
+        name: ``resnet18|34|50|101|152`` or ``resnext101_32x8d`` (torchvision classes).
+        norm: ``"frozen_bn" | "bn" | "gn" | "syncbn"``.
+        norm_eps: BN epsilon (torchvision's legacy COCO_V1 detection weights use 0.0).
+        freeze_at: 0 trains everything; 1 freezes the stem; k >= 2 also freezes layer1..layer(k-1).
+        stem: ``"torchvision"`` (7x7 conv); other stems (GluonCV's v1d) slot in here.
+        pretrained_base: ImageNet weights for the body (a local file; never downloaded).
+    """
+
+    name: str = "resnet50"
+    norm: str = "frozen_bn"
+    norm_eps: float = 1e-5
+    freeze_at: int = 2
+    stem: str = "torchvision"
+    pretrained_base: bool = True
+
+
+@dataclass
+class FPNConfig:
+    """Feature pyramid P2-P6 (P6 = stride-2 subsampling of P5, torchvision's LastLevelMaxPool).
+
+    Attributes:
+        out_channels: channels of every pyramid level.
+        norm: ``""`` (conv with bias) or a norm name as in ``BackboneConfig.norm``.
+    """
+
+    out_channels: int = 256
+    norm: str = ""
+
+
+@dataclass
+class AnchorConfig:
+    """Anchors, one set of sizes per FPN level (P2..P6).
+
+    Two ways to state them (``style``):
+      - ``"torchvision"``: ``sizes`` per level and ``aspect_ratios``; widths ``size / sqrt(r)``,
+        heights ``size * sqrt(r)``, rounded, centred on the grid points ``k * stride``.
+      - ``"gluoncv"``: ``base_size``, ``scales`` (one per level for FPN) and ``aspect_ratios``:
+        GluonCV's ``RPNAnchorGenerator`` (integer-rounded shapes, centre ``(base_size - 1) / 2``).
+    """
+
+    style: str = "torchvision"
+    sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    base_size: int = 16
+    scales: tuple[float, ...] = (2, 4, 8, 16, 32)
+
+
+@dataclass
+class RPNConfig:
+    """Region proposal network (head, proposal generation, training targets, loss)."""
+
+    channels: int = 0  # 0 = the input's channels (torchvision); GluonCV uses 1024
+    conv_depth: int = 1
+    norm: str = ""
+    nms_thresh: float = 0.7
+    pre_nms_topk: tuple[int, int] = (2000, 1000)  # (train, test)
+    post_nms_topk: tuple[int, int] = (2000, 1000)
+    per_level: bool = True  # pre-NMS top-k and NMS per level (torchvision) or over all (GluonCV)
+    min_size: float = 1e-3
+    score_thresh: float = 0.0
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    smooth_l1_beta: float = 1.0 / 9
+    box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    box_clip: float = DEFAULT_BOX_CLIP
+
+
+@dataclass
+class BoxHeadConfig:
+    """RoI pooling + box head + class-specific box predictor, training targets and inference."""
+
+    kind: str = "2fc"  # "2fc" | "4conv1fc" (| "res5" for C4 models)
+    pooler_resolution: int = 7
+    pool_downsample: int = 1  # GluonCV's FPN Mask R-CNN R50/101 pool 14x14 then avg-pool to 7x7
+    sampling_ratio: int = 2
+    pool_mode: str = "align"  # "align" | "pool"
+    aligned: bool = False
+    canonical_scale: int = 224
+    canonical_level: int = 4
+    num_conv: int = 4
+    conv_dim: int = 256
+    fc_dim: int = 1024
+    norm: str = ""
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    box_clip: float = DEFAULT_BOX_CLIP
+    smooth_l1_beta: float = 1.0 / 9
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+
+@dataclass
+class MaskHeadConfig:
+    """Mask branch: RoIAlign, ``num_conv`` 3x3 convs, a 2x deconv, a per-class 1x1 predictor."""
+
+    pooler_resolution: int = 14
+    sampling_ratio: int = 2
+    num_conv: int = 4
+    conv_dim: int = 256
+    norm: str = ""
+
+
+@dataclass
+class ModelConfig:
+    """The whole model.
+
+    Attributes:
+        arch: ``"fpn"`` (P2-P6) or ``"c4"`` (single stride-16 feature, res5 box head).
+        classes: class names; ``num_classes = len(classes)`` (no background).
+        mask_on: add the mask branch (Mask R-CNN).
+    """
+
+    arch: str = "fpn"
+    classes: tuple[str, ...] = ("object",)
+    mask_on: bool = False
+    input: InputConfig = field(default_factory=InputConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)

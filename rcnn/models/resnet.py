@@ -1,0 +1,67 @@
+"""ResNet / ResNeXt bodies (torchvision's classes) returning C2-C5.
+
+Shape shorthand: B images, D channels, H/W padded image size; ``c{k}`` has stride 2**k.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torchvision.models.resnet as tv_resnet
+from torch import Tensor, nn
+
+from rcnn.models.config import BackboneConfig
+from rcnn.models.layers import norm_factory
+
+logger = logging.getLogger(__name__)
+
+BODIES = {
+    "resnet18": (tv_resnet.resnet18, 64),
+    "resnet34": (tv_resnet.resnet34, 64),
+    "resnet50": (tv_resnet.resnet50, 256),
+    "resnet101": (tv_resnet.resnet101, 256),
+    "resnet152": (tv_resnet.resnet152, 256),
+    "resnext101_32x8d": (tv_resnet.resnext101_32x8d, 256),
+}
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class ResNetBody(nn.Module):
+    """torchvision's ResNet without avgpool/fc: ``forward(x [B,3,H,W]) -> {"c2".."c5"}``.
+
+    Module names (``conv1, bn1, layer1..layer4``) are torchvision's, so ImageNet and detection
+    checkpoints load by name.
+
+    Attributes:
+        out_channels: channels of c2..c5, e.g. (256, 512, 1024, 2048) for ResNet-50.
+        strides: (4, 8, 16, 32).
+    """
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        if cfg.name not in BODIES:
+            raise ValueError(f"unknown backbone {cfg.name!r}; expected one of {sorted(BODIES)}")
+        builder, c2_channels = BODIES[cfg.name]
+        net = builder(weights=None, norm_layer=norm_factory(cfg.norm, eps=cfg.norm_eps))
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        for name in STAGES:
+            setattr(self, name, getattr(net, name))
+        self.out_channels = tuple(c2_channels * 2**i for i in range(4))
+        self.strides = (4, 8, 16, 32)
+        self.freeze(cfg.freeze_at)
+
+    def freeze(self, freeze_at: int) -> None:
+        """Stop gradients of the stem (``freeze_at >= 1``) and of layer1..layer(freeze_at - 1)."""
+        frozen: list[nn.Module] = [self.conv1, self.bn1] if freeze_at >= 1 else []
+        frozen += [getattr(self, name) for name in STAGES[: max(freeze_at - 1, 0)]]
+        for module in frozen:
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = {}
+        for level, name in enumerate(STAGES, start=2):
+            x = getattr(self, name)(x)
+            out[f"c{level}"] = x
+        return out

@@ -1,0 +1,189 @@
+"""RoI heads: proposal sampling and targets, box branch, mask branch, inference post-processing.
+
+Shape shorthand: B images, R sampled RoIs (all images), P positive RoIs, C classes, M mask size,
+N detections of an image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from rcnn.models.box_head import BoxPredictor, box_losses, build_box_head
+from rcnn.models.config import BoxHeadConfig, MaskHeadConfig
+from rcnn.models.mask_head import MaskHead, mask_loss
+from rcnn.ops.boxes import BoxCoder, clip_boxes, nonempty, remove_small
+from rcnn.ops.masks import mask_targets
+from rcnn.ops.matching import BalancedSampler, Matcher, match_labels
+from rcnn.ops.pooling import MultiLevelRoIPool
+from rcnn.structures import Proposals, Targets
+
+
+def sample_rois(proposals: list[Proposals], targets: list[Targets], cfg: BoxHeadConfig):
+    """Append GT to proposals, match, sample and encode (Girshick 2015, sec. 2.3).
+
+    Returns a dict of per-image lists: ``rois`` [R_i, 4], ``gt_classes`` int64 [R_i] in [0, C]
+    (0 background), ``matched`` [R_i] gt index, ``box_targets`` [R_i, 4] (zero on negatives).
+    """
+    matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh)
+    sampler = BalancedSampler(cfg.batch_size_per_image, cfg.positive_fraction)
+    coder = BoxCoder(cfg.box_weights, cfg.box_clip)
+    out = {"rois": [], "gt_classes": [], "matched": [], "box_targets": []}
+    for props, target in zip(proposals, targets, strict=True):
+        # only usable GT joins the proposals: not crowd/difficult and of positive size
+        usable = ~target.ignore & nonempty(target.boxes)
+        rois = torch.cat([props.boxes, target.boxes[usable]])
+        matched, labels = match_labels(matcher, target.boxes, target.ignore, rois)
+        labels = sampler(labels)
+        keep = torch.where(labels >= 0)[0]
+        rois, matched, is_pos = rois[keep], matched[keep], labels[keep] == 1
+        gt_classes = (
+            torch.where(is_pos, target.labels[matched] + 1, 0)
+            if len(target)
+            else (torch.zeros_like(matched))
+        )
+        box_targets = torch.zeros_like(rois)
+        pos = torch.where(is_pos)[0]
+        box_targets[pos] = coder.encode(rois[pos], target.boxes[matched[pos]])
+        for key, value in zip(out, (rois, gt_classes, matched, box_targets), strict=True):
+            out[key].append(value)
+    return out
+
+
+def postprocess_boxes(
+    cls_logits: Tensor,
+    boxes: Tensor,
+    image_size: tuple[int, int],
+    cfg: BoxHeadConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Softmax, clip, per-class score threshold, drop tiny boxes, per-class NMS, top-k.
+
+    Args:
+        cls_logits: [R_i, C+1]; boxes: decoded [R_i, C, 4].
+
+    Returns:
+        boxes [N, 4], scores [N] (descending), labels int64 [N] in [0, C).
+    """
+    num_classes = boxes.shape[1]
+    scores = F.softmax(cls_logits, -1)[:, 1:]
+    boxes = clip_boxes(boxes, image_size)
+    labels = torch.arange(num_classes, device=boxes.device).expand_as(scores)
+    boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+    keep = torch.where(scores > cfg.score_thresh)[0]
+    keep = keep[remove_small(boxes[keep], 1e-2)]
+    nms_keep = batched_nms(boxes[keep], scores[keep], labels[keep], cfg.nms_thresh)
+    keep = keep[nms_keep[: cfg.detections_per_img]]
+    return boxes[keep], scores[keep], labels[keep]
+
+
+class RoIHeads(nn.Module):
+    """Box branch (+ mask branch): losses in training, detections in inference."""
+
+    def __init__(
+        self,
+        box_cfg: BoxHeadConfig,
+        mask_cfg: MaskHeadConfig | None,
+        *,
+        in_channels: int,
+        strides: tuple[int, ...],
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        self.box_cfg, self.mask_cfg = box_cfg, mask_cfg
+        pool_kwargs = {
+            "mode": box_cfg.pool_mode,
+            "aligned": box_cfg.aligned,
+            "canonical_scale": box_cfg.canonical_scale,
+            "canonical_level": box_cfg.canonical_level,
+        }
+        self.box_pool = MultiLevelRoIPool(
+            strides, box_cfg.pooler_resolution, sampling_ratio=box_cfg.sampling_ratio, **pool_kwargs
+        )
+        self.box_head = build_box_head(box_cfg, in_channels)
+        self.box_predictor = BoxPredictor(self.box_head.out_dim, num_classes)
+        self.box_coder = BoxCoder(box_cfg.box_weights, box_cfg.box_clip)
+        self.mask_pool = self.mask_head = None
+        if mask_cfg is not None:
+            self.mask_pool = MultiLevelRoIPool(
+                strides,
+                mask_cfg.pooler_resolution,
+                sampling_ratio=mask_cfg.sampling_ratio,
+                **pool_kwargs,
+            )
+            self.mask_head = MaskHead(mask_cfg, in_channels, num_classes)
+
+    def box_forward(self, features: list[Tensor], rois: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Class logits [R, C+1] and deltas [R, 4C] of ``rois`` (one [R_i, 4] per image)."""
+        pooled = self.box_pool(features, rois)
+        if self.box_cfg.pool_downsample > 1:
+            pooled = F.avg_pool2d(pooled, self.box_cfg.pool_downsample)
+        return self.box_predictor(self.box_head(pooled))
+
+    def forward_train(self, features, proposals, targets) -> tuple[dict, dict]:
+        """Losses / diagnostics and intermediates of one training step."""
+        samples = sample_rois(proposals, targets, self.box_cfg)
+        cls_logits, box_deltas = self.box_forward(features, samples["rois"])
+        gt_classes = torch.cat(samples["gt_classes"])
+        box_targets = torch.cat(samples["box_targets"])
+        losses = box_losses(
+            cls_logits, box_deltas, gt_classes, box_targets, beta=self.box_cfg.smooth_l1_beta
+        )
+        intermediates = {
+            "rois": samples["rois"],
+            "matched_gt": samples["matched"],
+            "rcnn_cls_logits": cls_logits,
+            "rcnn_box_deltas": box_deltas,
+            "rcnn_cls_targets": gt_classes,
+            "rcnn_box_targets": box_targets,
+            "rcnn_box_weights": (gt_classes > 0)[:, None].expand_as(box_targets).float(),
+        }
+        if self.mask_head is not None:
+            loss, mask_targets_ = self.mask_train(features, samples, targets)
+            losses["loss_mask"] = loss
+            intermediates["mask_targets"] = mask_targets_
+        return losses, intermediates
+
+    def mask_train(self, features, samples, targets) -> tuple[Tensor, Tensor]:
+        """Mask loss on positive RoIs; targets cropped from each instance's polygons / RLE."""
+        size = 2 * self.mask_cfg.pooler_resolution
+        pos_rois, classes, mask_tgts = [], [], []
+        for rois, gt_classes, matched, target in zip(
+            samples["rois"], samples["gt_classes"], samples["matched"], targets, strict=True
+        ):
+            pos = torch.where(gt_classes > 0)[0]
+            pos_rois.append(rois[pos])
+            classes.append(gt_classes[pos] - 1)
+            if len(pos) and target.masks is None:
+                raise ValueError(
+                    f"image {target.image_id}: a Mask R-CNN needs masks in its targets"
+                )
+            gt_masks = target.masks if target.masks is not None else []
+            mask_tgts.append(mask_targets(gt_masks, matched[pos], rois[pos], size))
+        logits = self.mask_head(self.mask_pool(features, pos_rois))
+        mask_tgts = torch.cat(mask_tgts)
+        return mask_loss(logits, torch.cat(classes), mask_tgts), mask_tgts
+
+    @torch.no_grad()
+    def forward_test(self, features, proposals, image_sizes) -> list[dict[str, Tensor]]:
+        """Detections per image (padded-image coordinates): boxes, scores, labels[, mask_probs]."""
+        rois = [p.boxes for p in proposals]
+        cls_logits, box_deltas = self.box_forward(features, rois)
+        counts = [len(r) for r in rois]
+        decoded = self.box_coder.decode(box_deltas, torch.cat(rois)).view(len(box_deltas), -1, 4)
+        results = []
+        for logits, boxes, size in zip(
+            cls_logits.split(counts), decoded.split(counts), image_sizes, strict=True
+        ):
+            det_boxes, scores, labels = postprocess_boxes(logits, boxes, size, self.box_cfg)
+            results.append({"boxes": det_boxes, "scores": scores, "labels": labels})
+        if self.mask_head is not None:
+            logits = self.mask_head(self.mask_pool(features, [r["boxes"] for r in results]))
+            labels = torch.cat([r["labels"] for r in results])
+            probs = logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
+            for result, mask_probs in zip(
+                results, probs.split([len(r["boxes"]) for r in results]), strict=True
+            ):
+                result["mask_probs"] = mask_probs
+        return results

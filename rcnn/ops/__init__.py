@@ -1,0 +1,1 @@
+"""Detection ops on top of torchvision.ops: box coding, matching, sampling, RoI pooling, masks."""

@@ -1,0 +1,149 @@
+"""Mask targets per RoI (from polygons or RLE) and pasting of RoI masks into full images.
+
+Shape shorthand: R RoIs, N instances, M mask side, H/W image height/width.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import roi_align
+
+from rcnn.structures import InstanceMask, is_rle
+
+
+def rasterize_polygons_in_box(polygons: list[np.ndarray], box: np.ndarray, size: int) -> np.ndarray:
+    """Crop ``polygons`` (flat [x0, y0, ...] in image pixels) to ``box`` and rasterise at M x M.
+
+    The polygon is shifted and scaled into the box's frame before rasterising, so no full-image
+    bitmap is made (Detectron2 ``rasterize_polygons_within_box``).
+
+    Returns:
+        uint8 [M, M] (0/1).
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    scale_x = size / max(x1 - x0, 0.1)
+    scale_y = size / max(y1 - y0, 0.1)
+    scaled = []
+    for poly in polygons:
+        poly = np.asarray(poly, dtype=np.float64).reshape(-1)
+        if poly.size < 6:
+            continue
+        out = poly.copy()
+        out[0::2] = (poly[0::2] - x0) * scale_x
+        out[1::2] = (poly[1::2] - y0) * scale_y
+        scaled.append(out)
+    if not scaled:
+        return np.zeros((size, size), dtype=np.uint8)
+    rle = mask_util.merge(mask_util.frPyObjects(scaled, size, size))
+    return mask_util.decode(rle)
+
+
+def _rle_targets(rle: dict, rois: Tensor, size: int) -> Tensor:
+    """[R, M, M] float targets of one RLE instance: its bitmap RoIAligned into each RoI."""
+    bitmap = torch.from_numpy(mask_util.decode(rle)).to(rois.device, torch.float32)
+    index = rois.new_zeros((len(rois), 1))
+    aligned = roi_align(bitmap[None, None], torch.cat([index, rois], 1), (size, size), 1.0, 0, True)
+    return (aligned[:, 0] >= 0.5).float()
+
+
+def mask_targets(gt_masks: list[InstanceMask], matched: Tensor, rois: Tensor, size: int) -> Tensor:
+    """Training targets of the mask head.
+
+    Args:
+        gt_masks: one polygon list or RLE dict per ground-truth instance (image pixels).
+        matched: int64 [R] index of each foreground RoI's ground truth.
+        rois: float [R, 4] foreground RoIs (image pixels).
+        size: M.
+
+    Returns:
+        float [R, M, M] of 0/1 on ``rois.device``.
+    """
+    out = torch.zeros((len(rois), size, size), dtype=torch.float32, device=rois.device)
+    if len(rois) == 0:
+        return out
+    matched_np = matched.cpu().numpy()
+    rois_np = rois.detach().cpu().numpy()
+    for gt_index in np.unique(matched_np):
+        rows = np.nonzero(matched_np == gt_index)[0]
+        mask = gt_masks[int(gt_index)]
+        if is_rle(mask):
+            out[torch.from_numpy(rows).to(out.device)] = _rle_targets(mask, rois[rows], size)
+            continue
+        crops = [rasterize_polygons_in_box(mask, rois_np[r], size) for r in rows]
+        out[torch.from_numpy(rows).to(out.device)] = torch.from_numpy(np.stack(crops)).to(
+            out.device, torch.float32
+        )
+    return out
+
+
+def _interp_weights(start: Tensor, length: Tensor, src_size: int, out_size: int) -> Tensor:
+    """Bilinear resampling weights [N, out, src] of ``src_size`` samples onto ``length`` pixels.
+
+    Pixel ``start + k`` (0 <= k < length) reads the source at ``(k + 0.5) * src / length - 0.5``
+    (clamped at 0, edge-replicated): the arithmetic of ``F.interpolate(mode="bilinear",
+    align_corners=False)``; rows outside ``[start, start + length)`` are 0.
+    """
+    pos = torch.arange(out_size, device=start.device)
+    rel = pos[None, :] - start[:, None]
+    inside = ((rel >= 0) & (rel < length[:, None])).float()
+    scale = src_size / length.float()
+    src = ((rel.float() + 0.5) * scale[:, None] - 0.5).clamp(min=0)
+    low = src.floor().long().clamp(max=src_size - 1)
+    high = (low + 1).clamp(max=src_size - 1)
+    frac = src - low.float()
+    weights = torch.zeros((len(start), out_size, src_size), device=start.device)
+    weights.scatter_add_(2, low[..., None], ((1 - frac) * inside)[..., None])
+    weights.scatter_add_(2, high[..., None], (frac * inside)[..., None])
+    return weights
+
+
+def paste_masks(
+    masks: Tensor,
+    boxes: Tensor,
+    image_size: tuple[int, int],
+    *,
+    threshold: float = 0.5,
+    padding: int = 1,
+    chunk_pixels: int = 2**26,
+) -> Tensor:
+    """Paste M x M mask probabilities into their boxes of a full image, batched.
+
+    The mask is zero-padded by ``padding``, its box grown by ``(M + 2p) / M``, truncated to integer
+    pixels and the mask bilinearly resized onto it: torchvision's ``paste_masks_in_image``, done as
+    two batched matrix products (separable bilinear weights) instead of a loop over masks.
+
+    Args:
+        masks: float [N, M, M] probabilities.
+        boxes: float [N, 4] in the target image's pixels.
+        image_size: (H, W).
+
+    Returns:
+        bool [N, H, W] (probability > ``threshold``).
+    """
+    height, width = image_size
+    num, size = masks.shape[0], masks.shape[-1]
+    out = torch.zeros((num, height, width), dtype=torch.bool, device=masks.device)
+    if num == 0 or height == 0 or width == 0:
+        return out
+    padded = F.pad(masks.float(), (padding,) * 4)
+    scale = (size + 2 * padding) / size
+    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    ctr_x = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    ctr_y = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    grown = torch.stack((ctr_x - half_w, ctr_y - half_h, ctr_x + half_w, ctr_y + half_h), 1)
+    grown = grown.to(torch.int64)  # truncation toward zero, as torchvision
+    box_w = (grown[:, 2] - grown[:, 0] + 1).clamp(min=1)
+    box_h = (grown[:, 3] - grown[:, 1] + 1).clamp(min=1)
+    step = max(1, chunk_pixels // (height * width))
+    for lo in range(0, num, step):
+        sl = slice(lo, lo + step)
+        rows = _interp_weights(grown[sl, 1], box_h[sl], padded.shape[-2], height)
+        cols = _interp_weights(grown[sl, 0], box_w[sl], padded.shape[-1], width)
+        pasted = torch.bmm(torch.bmm(rows, padded[sl]), cols.transpose(1, 2))
+        out[sl] = pasted > threshold
+    return out
