@@ -1,0 +1,94 @@
+"""predict_dataset: eval + inference mode, batching, CPU outputs, order, 2-process gloo gather."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from rcnn.engine.inference import predict_dataset
+from rcnn.structures import Detections, Targets
+
+
+class FakeDataset(torch.utils.data.Dataset):
+    """Images of different sizes whose pixels encode their index; ids 100 + index."""
+
+    def __init__(self, n: int = 5) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        h, w = 20 + 3 * i, 30 + i
+        image = torch.full((3, h, w), 10 * i, dtype=torch.uint8)
+        empty = torch.zeros(0, 4)
+        targets = Targets(
+            empty, torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool),
+            image_id=100 + i, image_size=(h, w), orig_size=(h, w),
+        )  # fmt: skip
+        return image, targets
+
+
+class FakeModel(torch.nn.Module):
+    """One whole-image box per image, score = pixel value / 255; records how it was called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.calls: list[tuple[int, bool, bool]] = []
+
+    def forward(self, images):
+        self.calls.append((len(images), self.training, torch.is_inference_mode_enabled()))
+        out = []
+        for image in images:
+            h, w = image.shape[-2:]
+            out.append(
+                Detections(
+                    boxes=torch.tensor([[0.0, 0.0, w, h]]) * self.weight,
+                    scores=image[:1, :1, 0].float().reshape(1) / 255,
+                    labels=torch.zeros(1, dtype=torch.int64),
+                )
+            )
+        return out
+
+
+def check_outputs(outputs, n):
+    assert [image_id for image_id, _ in outputs] == [100 + i for i in range(n)]
+    for i, (_, dets) in enumerate(outputs):
+        assert dets.boxes.tolist() == [[0.0, 0.0, 30.0 + i, 20.0 + 3 * i]]
+        assert dets.scores.item() == pytest.approx(10 * i / 255)
+        assert dets.boxes.device.type == "cpu"
+
+
+def test_predict_dataset_batches_in_eval_and_inference_mode():
+    model = FakeModel()
+    model.train()
+    outputs = predict_dataset(model, FakeDataset(5), batch_size=2)
+    check_outputs(outputs, 5)
+    assert model.calls == [(2, False, True), (2, False, True), (1, False, True)]
+    assert model.training  # the former mode is restored
+
+
+def _worker(rank: int, world_size: int, init_file: str, result_file: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        model = FakeModel()
+        outputs = predict_dataset(model, FakeDataset(5), distributed=True)
+        assert sum(n for n, _, _ in model.calls) == (3 if rank == 0 else 2)  # its shard only
+        if rank == 0:
+            torch.save(outputs, result_file)
+        else:
+            assert outputs == []
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_gathers_on_rank_zero(tmp_path, monkeypatch):
+    result_file = str(tmp_path / "outputs.pt")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), result_file), nprocs=2, join=True)
+    check_outputs(torch.load(result_file, weights_only=False), 5)
