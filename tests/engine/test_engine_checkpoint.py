@@ -1,0 +1,88 @@
+"""Checkpoint files: atomic writes, clear errors for broken files, RNG round trip."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from rcnn.engine import checkpoint as ckpt
+from rcnn.errors import CheckpointError
+
+
+def _state(value: float) -> dict:
+    return {"model": {"w": torch.full((3,), value)}, "config": {}, "class_names": ["a"]}
+
+
+def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    ckpt.save_checkpoint(path, _state(1.0))
+    real_save = torch.save
+
+    def crash_mid_write(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 half a zip")  # some bytes reach the temporary file
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(path, _state(2.0))
+    monkeypatch.setattr(torch, "save", real_save)
+    loaded = ckpt.load_checkpoint(path)
+    assert torch.equal(loaded["model"]["w"], torch.full((3,), 1.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]  # no temporary file left
+    ckpt.save_checkpoint(path, _state(3.0))
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.full((3,), 3.0))
+
+
+def test_broken_files_raise_checkpoint_error(tmp_path):
+    good = tmp_path / "good.pth"
+    ckpt.save_checkpoint(good, _state(1.0))
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(data[: len(data) // 2])
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": {}}, foreign)
+    cases = {
+        truncated: "is corrupt or truncated",
+        garbage: "is corrupt or truncated",
+        empty: "is empty",
+        foreign: "missing model, config, class_names, format_version",
+        tmp_path / "missing.pth": "does not exist",
+    }
+    for path, message in cases.items():
+        with pytest.raises(CheckpointError, match=message) as info:
+            ckpt.load_checkpoint(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_weights_names_mismatches():
+    model = torch.nn.Linear(2, 3)
+    weights = {"weight": torch.zeros(4, 2), "extra": torch.zeros(1)}
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load_weights(model, weights, source="x.pth")
+    text = str(info.value)
+    assert "1 missing keys (e.g. bias)" in text
+    assert "1 unexpected keys (e.g. extra)" in text
+    assert "weight (4, 2) vs (3, 2)" in text
+
+
+def test_rng_capture_restore_round_trip(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = ckpt.capture_rng()
+    first = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    path = tmp_path / "rng.pth"
+    ckpt.save_checkpoint(path, {**_state(0.0), "rng": state})
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    ckpt.restore_rng(ckpt.load_checkpoint(path)["rng"])  # through a weights_only load
+    again = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    assert again == first
