@@ -23,7 +23,6 @@ from rcnn.errors import DatasetError
 logger = logging.getLogger(__name__)
 
 EXIF_ORIENTATION = 0x0112
-RGB_MODES_NEEDING_CONVERSION = {"L", "P", "PA", "RGBA", "LA", "CMYK", "1", "YCbCr", "RGBX", "La"}
 
 
 class UnreadableImageError(DatasetError):
@@ -127,7 +126,10 @@ def load_image(path: str, expected_size: tuple[int, int] | None = None) -> tuple
     if expected_size is not None and info.exif_applied:
         oriented_size = (oriented.height, oriented.width)
         if oriented_size != tuple(expected_size) and raw_size == tuple(expected_size):
-            info.notes.append("EXIF rotation not applied: the annotations match the raw pixels")
+            info.notes[-1] = (
+                f"EXIF orientation {info.exif_orientation} not applied: "
+                "the annotations match the raw pixels"
+            )
             info.exif_applied = False
             oriented = image
     try:
