@@ -27,7 +27,7 @@ def parse_for_check(
     if (coco is None) == (voc is None):
         raise DatasetError("give exactly one of --coco ANN.json or --voc ROOT")
     if coco is not None:
-        return load_coco(coco, image_dir=images, skip_empty=False)
+        return load_coco(coco, image_dir=images, skip_empty=False, exact_areas=True)
     devkit = (
         os.path.join(voc, "VOCdevkit") if os.path.isdir(os.path.join(voc, "VOCdevkit")) else voc
     )

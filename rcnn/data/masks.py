@@ -63,6 +63,16 @@ def mask_area(mask: InstanceMask, height: int, width: int) -> float:
     return float(mask_util.area(to_rle(mask, height, width)))
 
 
+def polygon_area(polygons: list[np.ndarray]) -> float:
+    """Sum of the polygons' shoelace areas (continuous; close to, not equal to, the pixel count)."""
+    total = 0.0
+    for polygon in polygons:
+        x, y = polygon[0::2], polygon[1::2]
+        twice = np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]) + x[-1] * y[0] - x[0] * y[-1]
+        total += 0.5 * abs(float(twice))
+    return total
+
+
 def mask_box(mask: InstanceMask, height: int, width: int) -> np.ndarray:
     """float64 ``[4]`` XYXY box around the rasterised instance."""
     x, y, w, h = mask_util.toBbox(to_rle(mask, height, width))

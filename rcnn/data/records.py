@@ -141,7 +141,9 @@ def check_box(
         problems.append(Problem(*where, "zero_area_box", message))
         return None
     height, width = size
-    clipped = array.clip([0, 0, 0, 0], [width, height, width, height])
+    limits = (width, height, width, height)
+    pairs = zip(array.tolist(), limits, strict=True)
+    clipped = np.array([min(max(value, 0.0), limit) for value, limit in pairs])
     if not np.array_equal(clipped, array):
         if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
             message = f"box {array.tolist()} lies outside the {width}x{height} image: dropped"
