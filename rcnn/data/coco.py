@@ -267,19 +267,23 @@ def load_coco(
     for image_id, entry in entries.items():
         if image_id not in keep:
             continue
-        ctx["size"] = entry["size"]
-        instances = [_instance(ann, ctx, problems) for ann in by_image.get(image_id, [])]
-        record = make_record(
-            entry["path"],
-            image_id,
-            entry["size"],
-            [inst for inst in instances if inst is not None],
-            has_masks=has_masks,
-            file_name=entry["file_name"],
-        )
+        record = _record(image_id, entry, by_image.get(image_id, []), ctx, problems)
         _add_record(parsed, record, skip_empty)
     parsed.num_small = ctx["num_small"]
     return parsed
+
+
+def _record(image_id: int, entry: dict, anns: list[dict], ctx: dict, problems: list[Problem]):
+    ctx["size"] = entry["size"]
+    instances = [_instance(ann, ctx, problems) for ann in anns]
+    return make_record(
+        entry["path"],
+        image_id,
+        entry["size"],
+        [inst for inst in instances if inst is not None],
+        has_masks=ctx["has_masks"],
+        file_name=entry["file_name"],
+    )
 
 
 def _add_record(parsed: ParsedDataset, record, skip_empty: bool) -> None:
