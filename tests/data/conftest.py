@@ -37,6 +37,7 @@ def write_image(path: Path, size=(40, 60), mode="RGB", value=120) -> Path:
 def write_coco(root: Path, images: list[dict], annotations: list[dict], names=("a", "b")) -> Path:
     """``root/ann.json`` with ``images`` (file in ``root/images``) and categories 1..len(names)."""
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    root.mkdir(parents=True, exist_ok=True)
     path = root / "ann.json"
     path.write_text(
         json.dumps({"images": images, "annotations": annotations, "categories": categories})

@@ -193,3 +193,25 @@ def test_voc_difficult_is_ignore_and_broken_files_are_reported(tmp_path, files):
     given = load_voc_folder(str(tmp_path), None, classes=["dog"])
     assert [p.kind for p in given.problems].count("unknown_category") == 2
     assert json.dumps([p.as_dict() for p in given.problems])  # serialisable for --json
+
+
+def test_image_smaller_than_annotated_rescales_targets(tmp_path, files):
+    files.image(tmp_path / "images" / "a.png", (20, 30))
+    anns = [_ann(1, 1, [0, 0, 60, 40], files.square(0, 0, 40))]
+    path = files.coco(tmp_path, [_image_entry(1, "a.png", (40, 60))], anns)
+    image, targets = build_dataset(str(path), "val")[0]
+    assert image.shape == (3, 20, 30) and targets.image_size == targets.orig_size == (20, 30)
+    assert targets.boxes.tolist() == [[0.0, 0.0, 30.0, 20.0]]
+    np.testing.assert_allclose(targets.masks[0][0], np.array(files.square(0, 0, 40)[0]) / 2)
+
+
+def test_explicit_image_folder(tmp_path, files, capsys):
+    from rcnn.cli import main
+
+    files.image(tmp_path / "elsewhere" / "a.png")
+    anns = [_ann(1, 1, [1, 1, 5, 5], files.square(1, 1, 4))]
+    path = files.coco(tmp_path / "ann", [_image_entry(1, "a.png")], anns)
+    assert main(["check", "--coco", str(path), "--images", str(tmp_path / "elsewhere")]) == 0
+    assert "usable: yes" in capsys.readouterr().out
+    assert main(["check", "--coco", str(path)]) == 1
+    assert "a.png' not found; tried" in capsys.readouterr().err
