@@ -142,18 +142,16 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
     subset: Any = dataset
     if args.max_images:
         subset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
+    evaluator = build_evaluator(dataset)
     predictions = predict_dataset(
         model, subset, batch_size=args.batch_size, num_workers=args.num_workers,
-        distributed=distributed,
+        distributed=distributed, evaluator=evaluator,
     )  # fmt: skip
     if distributed and torch.distributed.get_rank() != 0:
         return None
-    evaluator = build_evaluator(dataset)
-    image_ids = [image_id for image_id, _ in predictions]
-    evaluator.process(image_ids, [dets for _, dets in predictions])
     metrics = evaluator.evaluate()
     if args.output:
-        results = [
+        results = getattr(evaluator, "results", None) or [
             r
             for image_id, dets in predictions
             for r in detections_to_results(image_id, dets, dataset.label_to_category_id)

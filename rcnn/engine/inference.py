@@ -7,6 +7,7 @@ detections in their coordinates (docs/CONTRACTS.md), which is what the evaluator
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -45,8 +46,10 @@ def _predict_indices(
     batch_size: int,
     num_workers: int,
     show_progress: bool,
+    evaluator: Any = None,
 ) -> list[tuple[int, Any, Detections]]:
-    """``(dataset index, image id, detections on the CPU)`` for each of ``indices``."""
+    """``(dataset index, image id, detections on the CPU)`` for each of ``indices``; with an
+    ``evaluator`` each batch is processed into it at once and only the boxes are kept."""
     loader = DataLoader(
         Subset(dataset, indices),
         batch_size=batch_size,
@@ -59,10 +62,13 @@ def _predict_indices(
     with tqdm(total=len(indices), desc="predict", unit="img", disable=not show_progress) as bar:
         for batch in loader:
             images = [image for image, _ in batch]
-            detections = model(images)
-            for (_, targets), dets in zip(batch, detections, strict=True):
-                index = indices[position]
-                outputs.append((index, _image_id(dataset, index, targets), dets.to("cpu")))
+            detections = [dets.to("cpu") for dets in model(images)]
+            ids = [_image_id(dataset, indices[position + i], t) for i, (_, t) in enumerate(batch)]
+            if evaluator is not None:
+                evaluator.process(ids, detections)
+                detections = [replace(dets, masks=None) for dets in detections]
+            for image_id, dets in zip(ids, detections, strict=True):
+                outputs.append((indices[position], image_id, dets))
                 position += 1
             bar.update(len(batch))
     return outputs
@@ -75,6 +81,7 @@ def predict_dataset(
     batch_size: int = 1,
     num_workers: int = 0,
     distributed: bool = False,
+    evaluator: Any = None,
 ) -> list[tuple[Any, Detections]]:
     """Detections of every image of ``dataset``, in dataset order.
 
@@ -87,6 +94,10 @@ def predict_dataset(
         num_workers: data-loading worker processes.
         distributed: rank r of W predicts images ``r::W`` and rank 0 gathers everything with
             ``torch.distributed.all_gather_object`` (every rank must call this).
+        evaluator: optional (an addition to the contract, for large datasets): an evaluator that
+            each batch is processed into as soon as it is predicted (masks RLE-encoded at once),
+            gathered into rank 0's evaluator; the returned detections then have ``masks=None``,
+            so full-resolution masks of a whole dataset are never held in memory.
 
     Returns:
         ``[(image id, Detections on the CPU)]`` on rank 0 (and without distribution); ``[]`` on the
@@ -105,13 +116,18 @@ def predict_dataset(
                 batch_size=batch_size,
                 num_workers=num_workers,
                 show_progress=rank == 0,
+                evaluator=evaluator,
             )
     finally:
         model.train(was_training)
     if world_size > 1:
         gathered: list[Any] = [None] * world_size
-        dist.all_gather_object(gathered, outputs)
+        state = None if evaluator is None else evaluator.state()
+        dist.all_gather_object(gathered, (outputs, state))
         if rank != 0:
             return []
-        outputs = sorted((item for part in gathered for item in part), key=lambda item: item[0])
+        outputs = sorted((item for part, _ in gathered for item in part), key=lambda item: item[0])
+        for _, state in gathered[1:]:
+            if evaluator is not None:
+                evaluator.merge_state(state)
     return [(image_id, dets) for _, image_id, dets in outputs]

@@ -122,7 +122,7 @@ def save_pr_curves(matches: list[ClassMatches], class_names: list[str], path: st
             continue
         precision, recall = match.precision_recall()
         ap = voc12_ap(recall, precision)
-        ax.plot(np.r_[0.0, recall], np.r_[1.0, precision], label=f"{name} (AP {ap:.3f})")
+        ax.plot(np.r_[0.0, recall], np.r_[1.0, precision], label=f"{name} (AP50 {ap:.3f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.set_title("Precision-recall at IoU 0.5")
     ax.grid(alpha=0.3)

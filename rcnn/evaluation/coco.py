@@ -178,6 +178,15 @@ class COCOEvaluator:
                 image_id, dets, self.label_to_category_id
             )
 
+    def state(self) -> dict[str, Any]:
+        """The processed detections (picklable), for gathering from other processes."""
+        return {"results": self._results, "masks_missing": self._masks_missing}
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        """Add the detections of another evaluator's ``state()``."""
+        self._results.update(state["results"])
+        self._masks_missing |= state["masks_missing"]
+
     @property
     def results(self) -> list[dict[str, Any]]:
         """Every processed detection in the COCO results format (json-ready)."""

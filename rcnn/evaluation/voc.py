@@ -67,11 +67,11 @@ def box_iou(boxes1: np.ndarray, boxes2: np.ndarray, offset: float = 0.0) -> np.n
 
 def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     """VOC2007 11-point AP: mean over t in {0, 0.1, ..., 1} of max precision at recall >= t."""
-    ap = 0.0
+    total = 0.0
     for t in np.linspace(0.0, 1.0, 11):
         above = precision[recall >= t]
-        ap += (float(above.max()) if above.size else 0.0) / 11.0
-    return ap
+        total += float(above.max()) if above.size else 0.0
+    return total / 11.0
 
 
 def voc12_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -186,6 +186,14 @@ class VOCEvaluator:
             if image_id not in self._known_images:
                 raise ValueError(f"image id {image_id!r} is not in the evaluator's records")
             self._detections[image_id] = detections_to_arrays(dets)
+
+    def state(self) -> dict[str, Any]:
+        """The processed detections (picklable), for gathering from other processes."""
+        return {"detections": self._detections}
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        """Add the detections of another evaluator's ``state()``."""
+        self._detections.update(state["detections"])
 
     def add_arrays(self, detections: dict[Any, DetArrays]) -> None:
         """Add detections already as numpy ``{image id: (boxes, scores, labels)}``."""

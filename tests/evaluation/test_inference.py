@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rcnn.engine.inference import predict_dataset
-from rcnn.structures import Detections, Targets
+from rcnn.evaluation import VOCEvaluator
+from rcnn.structures import Detections, Record, Targets
 
 
 class FakeDataset(torch.utils.data.Dataset):
@@ -49,9 +51,26 @@ class FakeModel(torch.nn.Module):
                     boxes=torch.tensor([[0.0, 0.0, w, h]]) * self.weight,
                     scores=image[:1, :1, 0].float().reshape(1) / 255,
                     labels=torch.zeros(1, dtype=torch.int64),
+                    masks=torch.ones(1, h, w, dtype=torch.bool),
                 )
             )
         return out
+
+
+def fake_records(n: int = 5) -> list[Record]:
+    """Ground truth: one whole-image box per image, so every fake detection is a hit."""
+    return [
+        Record(
+            image_path="",
+            image_id=100 + i,
+            height=20 + 3 * i,
+            width=30 + i,
+            boxes=np.array([[0, 0, 30 + i, 20 + 3 * i]], dtype=np.float32),
+            labels=np.zeros(1, dtype=np.int64),
+            ignore=np.zeros(1, dtype=bool),
+        )
+        for i in range(n)
+    ]
 
 
 def check_outputs(outputs, n):
@@ -69,6 +88,15 @@ def test_predict_dataset_batches_in_eval_and_inference_mode():
     check_outputs(outputs, 5)
     assert model.calls == [(2, False, True), (2, False, True), (1, False, True)]
     assert model.training  # the former mode is restored
+    assert outputs[0][1].masks.shape == (1, 20, 30)
+
+
+def test_predict_dataset_into_evaluator_drops_masks():
+    evaluator = VOCEvaluator(fake_records(), ["thing"])
+    outputs = predict_dataset(FakeModel(), FakeDataset(5), batch_size=3, evaluator=evaluator)
+    check_outputs(outputs, 5)
+    assert all(dets.masks is None for _, dets in outputs)
+    assert evaluator.evaluate()["voc12"]["mAP"] == 1.0
 
 
 def _worker(rank: int, world_size: int, init_file: str, result_file: str) -> None:
@@ -77,9 +105,12 @@ def _worker(rank: int, world_size: int, init_file: str, result_file: str) -> Non
     )
     try:
         model = FakeModel()
-        outputs = predict_dataset(model, FakeDataset(5), distributed=True)
+        evaluator = VOCEvaluator(fake_records(), ["thing"])
+        outputs = predict_dataset(model, FakeDataset(5), distributed=True, evaluator=evaluator)
         assert sum(n for n, _, _ in model.calls) == (3 if rank == 0 else 2)  # its shard only
         if rank == 0:
+            assert sorted(evaluator.state()["detections"]) == [100, 101, 102, 103, 104]
+            assert evaluator.evaluate()["voc07"]["mAP"] == pytest.approx(1.0)
             torch.save(outputs, result_file)
         else:
             assert outputs == []
