@@ -1,13 +1,14 @@
 """Training configuration: one dataclass, yaml files, ``--set a.b=value`` overrides, yaml dumps.
 
 The resolution order of ``rcnn train`` is: ``TrainConfig`` defaults → the preset's published
-recipe (``rcnn.zoo.get_preset(name).recipe``) → a config file → explicit command-line flags → ``--set``
-overrides. ``TrainConfig.model`` holds the preset's ``rcnn.models.config.ModelConfig``; any field of
-it is reachable as ``--set model.<field>.<subfield>=value``.
+recipe (``rcnn.zoo.get_preset(name).recipe``) → a config file → explicit command-line flags →
+``--set`` overrides. ``TrainConfig.model`` holds the preset's ``rcnn.models.config.ModelConfig``;
+any field of it is reachable as ``--set model.<field>.<subfield>=value``.
 
 Overrides are type-checked against the dataclass annotations: ``--set lr=abc`` and
-``--set batch_size=2.5`` are errors, ``--set lr_decay_epoch=8,11`` and ``--set lr_decay_epoch=[8,11]``
-both give ``[8.0, 11.0]``, and an unknown key is rejected with the valid keys listed.
+``--set batch_size=2.5`` are errors, ``--set lr_decay_epoch=8,11`` and
+``--set lr_decay_epoch=[8,11]`` both give ``[8.0, 11.0]``, and an unknown key is rejected with the
+valid keys listed.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ class TrainConfig:
     Intervals (``save_interval``, ``val_interval``) are strings: ``"2"`` or ``"2ep"`` means every
     2 epochs (GluonCV's unit), ``"500it"`` every 500 iterations, ``"0"`` never (the end of training
     always saves and validates). One iteration is one optimizer step of ``batch_size`` images
-    (summed over processes and accumulation steps).
+    (summed over processes and accumulation steps). ``dataset_options`` go to
+    ``rcnn.data.build_dataset`` (``min_object_area``; shapes: ``num_train``, ``num_val``,
+    ``image_size``, ``seed``); set one with ``--set dataset_options.num_train=50``.
     """
 
     network: str = "mask_rcnn_shapes"
@@ -85,6 +88,7 @@ class TrainConfig:
     early_stop_patience: int = 0
     early_stop_min_delta: float = 0.001
     vis_images: int = 4
+    dataset_options: dict[str, Any] = field(default_factory=dict)
     model: Any = None
 
     def validate(self) -> None:
@@ -173,6 +177,11 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         raise UserError(errors[0] if errors else f"config: {key}: cannot be None")
     if origin in (list, tuple):
         return _coerce_sequence(value, annotation, key)
+    if origin is dict or annotation is dict:
+        value = yaml.safe_load(value) if isinstance(value, str) else value
+        if not isinstance(value, dict):
+            raise UserError(f"config: {key} expects a mapping like {{a: 1}}, got {value!r}")
+        return dict(value)
     if dataclasses.is_dataclass(annotation):
         if value is None:
             return None
@@ -185,8 +194,11 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
 def _coerce_sequence(value: Any, annotation: Any, key: str) -> Any:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if isinstance(value, str):
-        text = value.strip().strip("[]()")
-        value = [yaml.safe_load(part) for part in text.split(",") if part.strip()]
+        text = value.strip()
+        if text[:1] in "[(" and text:  # yaml flow lists; tuples written with parentheses too
+            value = _parse_yaml(text.replace("(", "[").replace(")", "]"), key)
+        else:
+            value = [yaml.safe_load(part) for part in text.split(",") if part.strip()]
     if not isinstance(value, (list, tuple)):
         value = [value]
     if origin is tuple and args and args[-1] is not Ellipsis:
@@ -198,6 +210,13 @@ def _coerce_sequence(value: Any, annotation: Any, key: str) -> Any:
     item = args[0] if args else Any
     items = [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     return tuple(items) if origin is tuple else items
+
+
+def _parse_yaml(text: str, key: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"config: {key}: cannot parse {text!r}") from None
 
 
 def _coerce_scalar(value: Any, annotation: Any, key: str) -> Any:
@@ -263,14 +282,18 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> None:
             raise UserError(f"--set {item!r}: expected key=value (e.g. --set lr=0.02)")
         *parents, leaf = key.strip().split(".")
         obj, prefix = cfg, ""
-        for name in parents:
+        for depth, name in enumerate(parents):
             _check_key(obj, name, prefix)
             child = getattr(obj, name)
+            if isinstance(child, dict) and depth == len(parents) - 1:
+                child[leaf] = yaml.safe_load(raw) if raw.strip() else raw  # free-form options
+                break
             if not dataclasses.is_dataclass(child):
                 raise UserError(f"config: '{prefix}{name}' has no sub-keys (set '{key}')")
             obj, prefix = child, f"{prefix}{name}."
-        _check_key(obj, leaf, prefix)
-        setattr(obj, leaf, coerce(raw, _field_type(obj, leaf), key.strip()))
+        else:
+            _check_key(obj, leaf, prefix)
+            setattr(obj, leaf, coerce(raw, _field_type(obj, leaf), key.strip()))
 
 
 def to_dict(obj: Any) -> Any:

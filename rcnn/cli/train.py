@@ -1,15 +1,308 @@
-"""`rcnn train` (placeholder wiring; its owner replaces this module)."""
+"""`rcnn train`: train Faster R-CNN / Mask R-CNN; with no arguments, the shapes demo on the CPU.
+
+The config is resolved as: defaults → the preset's published recipe (``--network``) → ``--config``
+file → explicit flags → ``--set key=value``. With ``--resume``, the checkpoint's config is the base
+and the flags may only change what does not alter the run (output, intervals, epochs, workers).
+Every check on user input (network, dataset, GPUs, checkpoint, classes) runs before training.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
 
+from rcnn.config import (
+    RESUMABLE_KEYS,
+    TrainConfig,
+    apply_dict,
+    apply_overrides,
+    config_diff,
+    config_from_dict,
+    dump_yaml,
+    load_yaml,
+    to_dict,
+)
 from rcnn.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# (flag, config key, help); every value goes through the same type checks as --set.
+FLAGS = [
+    ("--network", "network", "model preset (rcnn.list_models()); default mask_rcnn_shapes"),
+    ("--dataset", "dataset", "coco | voc | shapes | a COCO json / folder of jsons / VOC folder"),
+    ("--data-root", "data_root", "folder of coco/voc (or where shapes is generated)"),
+    ("--output", "output", "run folder (default runs/<network>_<dataset>_<time>/)"),
+    ("--gpus", "gpus", "GPU ids, e.g. 0,1,2,3 (one DDP process each); empty: CPU"),
+    ("--batch-size", "batch_size", "images per iteration over all processes"),
+    ("--epochs", "epochs", "training length in epochs (may be fractional)"),
+    ("--max-iters", "max_iters", "training length in iterations (overrides --epochs)"),
+    ("--lr", "lr", "base learning rate (of the whole --batch-size)"),
+    ("--lr-decay", "lr_decay", "step decay factor"),
+    ("--lr-decay-epoch", "lr_decay_epoch", "epochs of the step decays, e.g. 17,23"),
+    ("--lr-warmup", "lr_warmup", "linear warmup iterations (0: none)"),
+    ("--lr-warmup-factor", "lr_warmup_factor", "warmup start factor (GluonCV: 1/3)"),
+    ("--lr-schedule", "lr_schedule", "step | cosine"),
+    ("--wd", "wd", "weight decay"),
+    ("--momentum", "momentum", "SGD momentum"),
+    ("--num-workers", "num_workers", "data loader worker processes per training process"),
+    ("--save-interval", "save_interval", "checkpoint period: N or Nep epochs, or Nit iterations"),
+    ("--val-interval", "val_interval", "validation period: N or Nep epochs, or Nit iterations"),
+    ("--log-interval", "log_interval", "iterations between log lines and metrics.jsonl rows"),
+    ("--seed", "seed", "random seed"),
+    ("--clip-gradient", "clip_grad", "max gradient norm (0: off)"),
+    ("--accumulate", "accumulate", "micro-batches per iteration (gradient accumulation)"),
+    ("--early-stop-patience", "early_stop_patience", "validations without gain (0: off)"),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "intervals: '2' or '2ep' = every 2 epochs, '500it' = every 500 iterations, '0' = only at\n"
+        "the end. Run folder: config.yaml, metrics.jsonl, tensorboard/, last.pth, best.pth,\n"
+        "final_metrics.json, predictions.png, summary.json.\n"
+        "examples:\n"
+        "  rcnn train                                   # shapes demo, CPU, a few minutes\n"
+        "  rcnn train --network mask_rcnn_fpn_resnet50_v1b_coco --dataset coco --gpus 0,1,2,3\n"
+        "  rcnn train --dataset my/coco.json --set model.rpn.nms_thresh=0.6 --amp\n"
+        "  torchrun --nproc_per_node 4 -m rcnn train --gpus 0,1,2,3 ...   # multi-node likewise"
+    )
+    for flag, key, help_text in FLAGS:
+        parser.add_argument(flag, dest=key, default=None, metavar=key.upper(), help=help_text)
+    parser.add_argument("-c", "--config", default=None, help="yaml file of config keys")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set model.rpn.nms_thresh=0.6 (repeatable)",
+    )
+    parser.add_argument("--resume", default=None, help="checkpoint (or run folder) to continue")
+    parser.add_argument(
+        "--amp",
+        nargs="?",
+        const="auto",
+        default=None,
+        choices=["off", "auto", "bf16", "fp16"],
+        help="mixed precision (alone: bf16 where supported, fp16 on older GPUs)",
+    )
+    parser.add_argument(
+        "--sync-bn",
+        dest="sync_bn",
+        action="store_const",
+        const="true",
+        default=None,
+        help="SyncBatchNorm across processes",
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_const",
+        const="true",
+        default=None,
+        help="torch.use_deterministic_algorithms (slower)",
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
+    """The resolved, validated config and the checkpoint to resume (``UserError`` on bad input)."""
+    explicit = [
+        f"{key}={getattr(args, key)}" for _, key, _ in FLAGS if getattr(args, key) is not None
+    ]
+    explicit += [
+        f"{key}={getattr(args, key)}"
+        for key in ("amp", "sync_bn", "deterministic")
+        if getattr(args, key) is not None
+    ]
+    file_data = load_yaml(args.config) if args.config else {}
+    state = None
+    if args.resume:
+        from rcnn.engine.checkpoint import load_checkpoint
+
+        state = load_checkpoint(args.resume)
+        cfg = config_from_dict(state["config"])
+    else:
+        cfg = _from_preset(_network(args, file_data))
+    apply_dict(cfg, {k: v for k, v in file_data.items() if k != "network" or not args.resume})
+    apply_overrides(cfg, explicit + list(args.overrides))
+    if state is not None:
+        _check_resume_config(state, cfg, args.resume)
+        cfg.resume = str(args.resume)
+    cfg.validate()
+    return cfg, state
+
+
+def _network(args: argparse.Namespace, file_data: dict) -> str:
+    for item in reversed(args.overrides):
+        if item.partition("=")[0].strip() == "network":
+            return item.partition("=")[2].strip()
+    return args.network or file_data.get("network") or TrainConfig.network
+
+
+def _from_preset(network: str) -> TrainConfig:
+    from rcnn.zoo import get_preset, list_models
+
+    if network == TrainConfig.network and network not in list_models():
+        preset = _shapes_stand_in()
+    else:
+        preset = get_preset(network)  # UserError listing the known names
+    cfg = TrainConfig(network=network)
+    for key, value in preset.recipe.items():
+        apply_dict(cfg, {key: list(value) if isinstance(value, tuple) else value})
+    cfg.model = preset.model
+    return cfg
+
+
+def _check_resume_config(state: dict, cfg: TrainConfig, path: str) -> None:
+    saved, now = state["config"], to_dict(cfg)
+    changed = [k for k in config_diff(saved, now) if k.split(".")[0] not in RESUMABLE_KEYS]
+    changed = [k for k in changed if k != "model.classes"]  # checked against the dataset later
+    if changed:
+        shown = ", ".join(f"{k} ({_get(saved, k)!r} -> {_get(now, k)!r})" for k in changed[:4])
+        raise UserError(
+            f"--resume {path}: this run's config differs from the checkpoint's: {shown}; resume "
+            "with the same settings, or start a new run with --output"
+        )
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    if cfg.output:
+        return Path(cfg.output)
+    if cfg.resume:
+        resume = Path(cfg.resume)
+        return resume if resume.is_dir() else resume.parent
+    dataset = cfg.dataset if cfg.dataset in ("coco", "voc", "shapes") else Path(cfg.dataset).stem
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.network}_{dataset}_{stamp}"
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("'rcnn train' is not built yet")
+    from rcnn.engine import distributed as du
+    from rcnn.engine import runner
+
+    start = time.perf_counter()
+    cfg, state = resolve_config(args)
+    gpus = du.parse_gpus(cfg.gpus)
+    if cfg.dataset not in ("coco", "voc", "shapes") and not os.path.exists(cfg.dataset):
+        raise UserError(f"--dataset {cfg.dataset}: no such file or folder")
+    datasets = runner.build_datasets(cfg)
+    runner.set_classes(cfg, datasets, state)
+    run_dir = default_run_dir(cfg)
+    _check_run_dir(run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, run_dir / "config.yaml")
+    logger.info(
+        "run folder %s; %d train / %d val images, classes %s",
+        run_dir,
+        len(datasets.train),
+        len(datasets.val),
+        list(cfg.model.classes),
+    )
+    if len(gpus) > 1 and not du.launched_by_torchrun():
+        du.spawn_workers(_spawned, len(gpus), args=(cfg, gpus, str(run_dir)))
+        return 0
+    ctx = du.init_from_env(gpus)
+    try:
+        result = runner.run_process(cfg, ctx, run_dir, datasets=datasets, resume_state=state)
+        if ctx.is_main:
+            _print_summary(runner.finish(cfg, run_dir, result, datasets), start)
+    finally:
+        du.cleanup()
+    return 0
+
+
+def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
+    if not cfg.resume and (run_dir / "last.pth").exists():
+        raise UserError(
+            f"--output {run_dir} already holds a run (last.pth); continue it with --resume "
+            f"{run_dir} or choose another folder"
+        )
+
+
+def _spawned(local_rank: int, cfg: TrainConfig, gpus: list[int], run_dir: str) -> None:
+    """One process of a ``--gpus`` run (errors are one line on stderr, then a non-zero exit)."""
+    from rcnn.engine import distributed as du
+    from rcnn.engine import runner
+
+    logging.basicConfig(level=logging.INFO if local_rank == 0 else logging.WARNING)
+    state = None
+    try:
+        if cfg.resume:
+            from rcnn.engine.checkpoint import load_checkpoint
+
+            state = load_checkpoint(cfg.resume)
+        ctx = du.init_from_env(gpus)
+        datasets = runner.build_datasets(cfg)
+        result = runner.run_process(cfg, ctx, Path(run_dir), datasets=datasets, resume_state=state)
+        if ctx.is_main:
+            _print_summary(runner.finish(cfg, Path(run_dir), result, datasets), None)
+    except UserError as error:
+        print(f"rcnn train: error (rank {local_rank}): {error}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        du.cleanup()
+
+
+def _print_summary(summary: dict, start: float | None) -> None:
+    metrics = summary["metrics"]
+    print(f"run folder: {summary['run_dir']}")
+    for key in ("bbox", "segm"):
+        if key in metrics:
+            m = metrics[key]
+            print(f"{key:5s} AP {_num(m['AP'])}  AP50 {_num(m['AP50'])}  AP75 {_num(m['AP75'])}")
+    for key in ("voc07", "voc12"):
+        if key in metrics:
+            print(f"{key} mAP {_num(metrics[key]['mAP'])}")
+    if summary.get("val_loss") is not None:
+        print(f"validation loss {summary['val_loss']:.4f}")
+    wall = time.perf_counter() - start if start is not None else summary["wall_time_s"]
+    print(
+        f"{summary['iterations']} iterations, wall time {wall:.0f} s"
+        + (" (stopped early)" if summary["stopped_early"] else "")
+    )
+    if summary.get("picture"):
+        print(f"predictions: {summary['picture']}")
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _shapes_stand_in():
+    """A small Mask R-CNN for 128 px shapes until ``rcnn.zoo`` has its ``mask_rcnn_shapes``."""
+    from rcnn.zoo import Preset, get_preset
+
+    model = get_preset("mask_rcnn_fpn_resnet18_v1b_coco").model
+    model.backbone.pretrained_base = False
+    model.backbone.norm, model.backbone.freeze_at = "gn", 0
+    model.input.train_short, model.input.test_short, model.input.max_size = (128,), 128, 128
+    model.fpn.out_channels = 64
+    model.anchors.style = "torchvision"
+    model.anchors.sizes = ((16,), (32,), (64,), (128,), (256,))
+    model.rpn.channels, model.rpn.per_level = 0, True
+    model.rpn.pre_nms_topk, model.rpn.post_nms_topk = (600, 300), (300, 100)
+    model.box_head.batch_size_per_image, model.box_head.fc_dim = 128, 256
+    model.box_head.pooler_resolution, model.box_head.pool_downsample = 7, 1
+    model.box_head.score_thresh, model.box_head.detections_per_img = 0.05, 100
+    model.mask_head.conv_dim, model.mask_head.num_conv = 64, 2
+    recipe = {
+        "epochs": 4,
+        "batch_size": 4,
+        "lr": 0.02,
+        "lr_decay_epoch": [3.0],
+        "lr_warmup": 50,
+        "val_interval": "0",
+        "save_interval": "100it",
+        "num_workers": 0,
+    }
+    return Preset(TrainConfig.network, model, recipe)

@@ -84,7 +84,11 @@ class RunLogger:
         self.images += images
         if self.bar is not None:
             self.bar.update(1)
-            shown = {k.removeprefix("loss_"): f"{m.median:.3f}" for k, m in self.meters.items()}
+            shown = {
+                k.removeprefix("loss_"): f"{m.median:.3f}"
+                for k, m in self.meters.items()
+                if k.startswith("loss")  # diagnostics go to metrics.jsonl only
+            }
             self.bar.set_postfix(shown | {"lr": f"{lr:.2e}"}, refresh=False)
         if iteration % self.log_interval == 0 or iteration == self.max_iters:
             now = time.perf_counter()

@@ -3,7 +3,8 @@
 The schedule is a pure function of the iteration (``lr_factor``), so resuming only needs the
 iteration number; ``WarmupScheduler`` wraps it with a ``state_dict`` for the checkpoint.
 GluonCV's warmup (``train_mask_rcnn.py``): ``lr = base * (f * (1 - a) + a)`` with
-``a = it / warmup`` and ``f = 1/3``, by global iteration; step decay multiplies by ``lr_decay`` at each milestone.
+``a = it / warmup`` and ``f = 1/3``, by global iteration; step decay multiplies by ``lr_decay``
+at each milestone.
 """
 
 from __future__ import annotations

@@ -197,9 +197,10 @@ class _Loop:
         sched, metrics = self.schedule, None
         self.model.train()
         while self.iteration < sched.max_iters:
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
             losses, num_images = self._step(batches)
             self.iteration += 1
-            log.log_step(self.iteration, losses, self.scheduler.get_last_lr()[0], num_images)
+            log.log_step(self.iteration, losses, lr, num_images)
             done = self.iteration == sched.max_iters
             if validator and (done or _due(self.iteration, sched.val_every)):
                 metrics = self._validate(validator, log)

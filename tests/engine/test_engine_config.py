@@ -131,3 +131,24 @@ def test_intervals_in_epochs_and_iterations():
         interval_iters("soon", 50, "save_interval")
     with pytest.raises(UserError, match="config: amp must be"):
         TrainConfig(amp="fp8").validate()
+
+
+def test_nested_tuples_from_strings():
+    @dataclass
+    class _Anchors:
+        sizes: tuple[tuple[float, ...], ...] = ((32,),)
+
+    obj = _Anchors()
+    cfg = TrainConfig(model=obj)
+    apply_overrides(cfg, ["model.sizes=[[16], [32, 48]]"])
+    assert obj.sizes == ((16.0,), (32.0, 48.0))
+    apply_overrides(cfg, ["model.sizes=((8,),(9,))"])
+    assert obj.sizes == ((8.0,), (9.0,))
+
+
+def test_dataset_options_take_free_form_entries():
+    cfg = TrainConfig()
+    apply_overrides(cfg, ["dataset_options.num_train=20", "dataset_options={num_val: 4}"])
+    assert cfg.dataset_options == {"num_val": 4}
+    apply_overrides(cfg, ["dataset_options.image_size=96"])
+    assert cfg.dataset_options == {"num_val": 4, "image_size": 96}

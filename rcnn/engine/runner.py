@@ -1,0 +1,177 @@
+"""From a resolved config to a finished run: datasets, model, checks, ``train``, final outputs.
+
+``prepare`` does every check that can fail on user input (dataset path, empty dataset, classes
+against a resumed checkpoint) before any long work; ``run_process`` trains in one process of a
+run (every rank calls it); ``finish`` writes ``final_metrics.json`` and ``predictions.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rcnn.config import TrainConfig
+from rcnn.engine.distributed import DistContext
+from rcnn.engine.train import TrainResult, train
+from rcnn.engine.validate import Validator
+from rcnn.errors import UserError
+
+logger = logging.getLogger(__name__)
+FINAL_KEYS = ("bbox", "segm", "voc07", "voc12")
+
+
+@dataclass
+class Datasets:
+    """The train set (with ``TrainTransform``), the raw val set, and the val set for the loss."""
+
+    train: Any
+    val: Any
+    val_loss: Any
+
+
+def build_datasets(cfg: TrainConfig) -> Datasets:
+    """Read (or, for shapes, generate) the datasets; ``UserError`` for an empty one."""
+    from rcnn.data import TrainTransform, ValTransform, build_dataset
+
+    size = cfg.model.input
+    transform = TrainTransform(size.train_short, size.max_size, short_mode=size.short_mode)
+    options = dict(cfg.dataset_options)
+    train_set = build_dataset(
+        cfg.dataset, "train", data_root=cfg.data_root, transform=transform, **options
+    )
+    val_set = build_dataset(cfg.dataset, "val", data_root=cfg.data_root, **options)
+    for split, dataset in (("train", train_set), ("val", val_set)):
+        if len(dataset) == 0:
+            raise UserError(
+                f"dataset {cfg.dataset} ({dataset.source}): the {split} split has no images "
+                "after filtering (images without objects are skipped for training)"
+            )
+    if len(train_set) < cfg.batch_size:
+        logger.warning(
+            "the train split has %d images, fewer than batch_size %d",
+            len(train_set),
+            cfg.batch_size,
+        )
+    val_loss = copy.copy(val_set)  # same records, training-size images for the loss pass
+    val_loss.transform = ValTransform(size.test_short, size.max_size)
+    return Datasets(train_set, val_set, val_loss)
+
+
+def set_classes(cfg: TrainConfig, datasets: Datasets, resume_state: dict | None) -> None:
+    """The model's classes come from the dataset; they must match a resumed checkpoint's."""
+    names = tuple(datasets.train.class_names)
+    if tuple(datasets.val.class_names) != names:
+        raise UserError(
+            f"dataset {cfg.dataset}: train classes {list(names)} differ from val classes "
+            f"{list(datasets.val.class_names)}"
+        )
+    if resume_state is not None and tuple(resume_state["class_names"]) != names:
+        raise UserError(
+            f"the classes of dataset {cfg.dataset} {list(names)} do not match the checkpoint's "
+            f"{list(resume_state['class_names'])}"
+        )
+    cfg.model.classes = names
+
+
+def run_process(
+    cfg: TrainConfig,
+    ctx: DistContext,
+    run_dir: Path,
+    *,
+    datasets: Datasets | None = None,
+    resume_state: dict | None = None,
+) -> TrainResult:
+    """Build the model and train it in this process (any rank)."""
+    from rcnn.models.build import build_model
+
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    datasets = datasets or build_datasets(cfg)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = build_model(cfg.model)
+    validator = Validator(
+        datasets.val, loss_dataset=datasets.val_loss, loss_batches=cfg.val_loss_batches
+    )
+    return train(
+        cfg,
+        model,
+        datasets.train,
+        run_dir=run_dir,
+        ctx=ctx,
+        validator=validator,
+        resume_state=resume_state,
+    )
+
+
+def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, datasets: Datasets) -> dict:
+    """Write ``final_metrics.json`` and ``predictions.png``; return a summary for the CLI."""
+    metrics = _json_safe({k: v for k, v in (result.metrics or {}).items() if k in FINAL_KEYS})
+    (run_dir / "final_metrics.json").write_text(
+        json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+    )
+    picture = run_dir / "predictions.png"
+    try:
+        draw_predictions(run_dir / "last.pth", datasets.val, picture, count=cfg.vis_images)
+    except (ImportError, OSError, RuntimeError) as error:  # a picture never fails the run
+        logger.warning("could not draw predictions: %s", error)
+        picture = None
+    summary = {
+        "run_dir": str(run_dir),
+        "iterations": result.iterations,
+        "wall_time_s": round(result.wall_time, 1),
+        "best_metric": result.best_metric,
+        "best_iteration": result.best_iteration,
+        "stopped_early": result.stopped_early,
+        "metrics": metrics,
+        "val_loss": (result.metrics or {}).get("loss", {}).get("loss"),
+        "picture": str(picture) if picture else None,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    return summary
+
+
+def _json_safe(tree: Any) -> Any:
+    """NaN/inf (e.g. COCO's AP of an absent size range) become null: strict JSON."""
+    if isinstance(tree, dict):
+        return {k: _json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_json_safe(v) for v in tree]
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return None
+    return tree
+
+
+@torch.no_grad()
+def draw_predictions(checkpoint: Path, dataset: Any, path: Path, *, count: int = 4) -> None:
+    """The final model's detections on the first ``count`` val images, tiled into one picture."""
+    from PIL import Image
+
+    from rcnn.engine.checkpoint import load_model
+    from rcnn.visualize import draw_instances
+
+    model = load_model(checkpoint)
+    pictures = []
+    for index in range(min(count, len(dataset))):
+        sample = dataset[index]
+        if sample is None:  # an unreadable image (counted by the loader elsewhere)
+            continue
+        image = sample[0]
+        detections = model([image])[0]
+        pictures.append(draw_instances(image, detections, model.class_names, score_thresh=0.5))
+    if not pictures:
+        return
+    columns = min(len(pictures), 4)
+    rows = math.ceil(len(pictures) / columns)
+    width = max(p.width for p in pictures)
+    height = max(p.height for p in pictures)
+    sheet = Image.new("RGB", (columns * width, rows * height), "white")
+    for i, picture in enumerate(pictures):
+        sheet.paste(picture, ((i % columns) * width, (i // columns) * height))
+    sheet.save(path)

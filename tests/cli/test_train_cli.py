@@ -1,0 +1,115 @@
+"""`rcnn train` on bad input: each a one-line error naming the cause, before any training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rcnn.cli import build_parser, main
+from rcnn.cli.train import resolve_config
+from rcnn.config import to_dict
+from rcnn.engine.checkpoint import save_checkpoint
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+FRUITS = str((DATA / "fruits_nuts").resolve())
+
+
+def _error(capsys, argv: list[str]) -> str:
+    """Run ``rcnn train ARGV``; assert exit code 2 and a single stderr line; return it."""
+    code = main(["train", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("rcnn train: error:")]
+    assert code == 2, err
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def _checkpoint(tmp_path: Path, argv: list[str], class_names: list[str]) -> Path:
+    """A checkpoint whose config is what ``rcnn train ARGV`` resolves to."""
+    args = build_parser().parse_args(["train", *argv])
+    cfg, _ = resolve_config(args)
+    cfg.model.classes = tuple(class_names)
+    path = tmp_path / "run" / "last.pth"
+    save_checkpoint(path, {"model": {}, "config": to_dict(cfg), "class_names": class_names})
+    return path
+
+
+def test_unknown_network(capsys):
+    line = _error(capsys, ["--network", "mask_rcnn_nope"])
+    assert "unknown model 'mask_rcnn_nope'; known models:" in line
+    assert "mask_rcnn_fpn_resnet50_v1b_coco" in line
+
+
+def test_missing_dataset_path(capsys, tmp_path):
+    missing = tmp_path / "nowhere.json"
+    line = _error(capsys, ["--dataset", str(missing)])
+    assert line == f"rcnn train: error: --dataset {missing}: no such file or folder"
+
+
+def test_gpu_that_does_not_exist(capsys):
+    line = _error(capsys, ["--gpus", "0,99"])
+    assert "--gpus 0,99: GPU" in line and "does not exist" in line
+
+
+def test_unknown_set_key_and_bad_type(capsys):
+    line = _error(capsys, ["--set", "model.rpn.nms=0.5"])
+    assert "unknown key 'model.rpn.nms'; valid keys: model.rpn.channels," in line
+    line = _error(capsys, ["--batch-size", "two"])
+    assert line == "rcnn train: error: config: batch_size expects int, got 'two'"
+
+
+def test_corrupt_and_half_written_checkpoints(capsys, tmp_path):
+    good = _checkpoint(tmp_path, ["--dataset", FRUITS], ["date", "fig", "hazelnut"])
+    half = tmp_path / "half.pth"
+    half.write_bytes(good.read_bytes()[:200])
+    line = _error(capsys, ["--resume", str(half)])
+    assert f"checkpoint {half} is corrupt or truncated" in line
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    assert f"checkpoint {empty} is empty" in _error(capsys, ["--resume", str(empty)])
+
+
+def test_resume_with_a_different_config(capsys, tmp_path):
+    ckpt = _checkpoint(tmp_path, ["--dataset", FRUITS], ["date", "fig", "hazelnut"])
+    line = _error(capsys, ["--resume", str(ckpt), "--lr", "0.5", "--wd", "0.1"])
+    assert f"--resume {ckpt}: this run's config differs from the checkpoint's: lr (" in line
+    assert "-> 0.5)" in line and "wd (" in line
+
+
+def test_classes_that_do_not_match_the_checkpoint(capsys, tmp_path):
+    ckpt = _checkpoint(tmp_path, ["--dataset", FRUITS], ["cat", "dog"])
+    line = _error(capsys, ["--resume", str(ckpt)])
+    assert "['date', 'fig', 'hazelnut'] do not match the checkpoint's ['cat', 'dog']" in line
+
+
+def test_empty_dataset_after_filtering(capsys, tmp_path):
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.png")
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 30}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps(coco))
+    line = _error(capsys, ["--dataset", str(path)])
+    # the data layer or the runner reports it (whichever sees it first), naming the file
+    assert str(path) in line
+    assert "no usable images" in line or "the train split has no images after filtering" in line
+
+
+def test_existing_run_folder_is_not_overwritten(capsys, tmp_path):
+    ckpt = _checkpoint(tmp_path, ["--dataset", FRUITS], ["date", "fig", "hazelnut"])
+    line = _error(capsys, ["--dataset", FRUITS, "--output", str(ckpt.parent)])
+    assert "already holds a run (last.pth); continue it with --resume" in line
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_help_documents_interval_units(capsys, flag):
+    with pytest.raises(SystemExit):
+        main(["train", flag])
+    text = capsys.readouterr().out
+    assert "'500it' = every 500 iterations" in text and "--lr-decay-epoch" in text
