@@ -74,6 +74,19 @@ def _predict_indices(
     return outputs
 
 
+def _gather_on_rank_zero(outputs: list, evaluator: Any, rank: int, world_size: int) -> list:
+    """Every rank's outputs (in dataset order) and evaluator state on rank 0; ``[]`` elsewhere."""
+    gathered: list[Any] = [None] * world_size
+    state = None if evaluator is None else evaluator.state()
+    dist.all_gather_object(gathered, (outputs, state))
+    if rank != 0:
+        return []
+    if evaluator is not None:
+        for _, other_state in gathered[1:]:
+            evaluator.merge_state(other_state)
+    return sorted((item for part, _ in gathered for item in part), key=lambda item: item[0])
+
+
 def predict_dataset(
     model: torch.nn.Module,
     dataset: Any,
@@ -121,13 +134,5 @@ def predict_dataset(
     finally:
         model.train(was_training)
     if world_size > 1:
-        gathered: list[Any] = [None] * world_size
-        state = None if evaluator is None else evaluator.state()
-        dist.all_gather_object(gathered, (outputs, state))
-        if rank != 0:
-            return []
-        outputs = sorted((item for part, _ in gathered for item in part), key=lambda item: item[0])
-        for _, state in gathered[1:]:
-            if evaluator is not None:
-                evaluator.merge_state(state)
+        outputs = _gather_on_rank_zero(outputs, evaluator, rank, world_size)
     return [(image_id, dets) for _, image_id, dets in outputs]
