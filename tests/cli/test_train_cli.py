@@ -113,3 +113,45 @@ def test_help_documents_interval_units(capsys, flag):
         main(["train", flag])
     text = capsys.readouterr().out
     assert "'500it' = every 500 iterations" in text and "--lr-decay-epoch" in text
+
+
+def _tiny_shapes_args(tmp_path: Path, out: Path) -> list[str]:
+    return [
+        "--data-root", str(tmp_path / "shapes"),
+        "--set", "dataset_options={num_train: 8, num_val: 2, image_size: 128}",
+        "--max-iters", "3", "--batch-size", "2", "--log-interval", "1",
+        "--set", "val_loss_batches=2", "--set", "vis_images=2",
+        "--output", str(out),
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_shapes_run_end_to_end_then_resume(capsys, tmp_path):
+    """The real model on tiny shapes: outputs of a run, then --resume extends it."""
+    from rcnn.config import config_from_dict, load_yaml
+    from rcnn.engine.checkpoint import load_checkpoint, load_model
+
+    out = tmp_path / "run"
+    assert main(["train", *_tiny_shapes_args(tmp_path, out)]) == 0
+    printed = capsys.readouterr().out
+    assert "bbox  AP" in printed and "segm  AP" in printed and "wall time" in printed
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert set(final) == {"bbox", "segm"}
+    for kind in ("bbox", "segm"):
+        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            value = final[kind][key]
+            assert value is None or 0.0 <= value <= 1.0
+    cfg = config_from_dict(load_yaml(out / "config.yaml"))
+    assert cfg.max_iters == 3 and cfg.model.classes == ("square", "circle", "triangle")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if r["type"] == "train"] == [1, 2, 3]
+    assert any(r["type"] == "val" and "loss" in r for r in rows)
+    assert (out / "predictions.png").stat().st_size > 0
+    assert list((out / "tensorboard").iterdir())
+    model = load_model(out / "last.pth")
+    assert list(model.class_names) == ["square", "circle", "triangle"] and not model.training
+    # resume: only the length changes; the run continues from iteration 3 in the same folder
+    assert main(["train", "--resume", str(out), "--max-iters", "4"]) == 0
+    assert load_checkpoint(out / "last.pth")["iteration"] == 4
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if r["type"] == "train"] == [1, 2, 3, 4]
