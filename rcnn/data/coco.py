@@ -10,6 +10,7 @@ left), unknown category or image ids dropped, duplicate annotation ids kept and 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from typing import Any
@@ -94,11 +95,21 @@ def _categories(data: dict, path: str, problems: list[Problem]) -> tuple[list[st
     return [names[i] for i in ids], ids
 
 
+def _positive_int(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and math.isfinite(value)
+        and value >= 1
+        and value == int(value)
+    )
+
+
 def _image_entries(
     data: dict, path: str, image_dir: str, problems: list[Problem]
 ) -> dict[int, dict[str, Any]]:
     entries: dict[int, dict[str, Any]] = {}
     for image in data["images"]:
+        image = image if isinstance(image, dict) else {"entry": image}
         image_id, name = image.get("id"), image.get("file_name")
         if not isinstance(image_id, int) or not isinstance(name, str):
             problems.append(Problem(path, None, "bad_image", f"image entry {image!r} skipped"))
@@ -109,7 +120,9 @@ def _image_entries(
             continue
         full = os.path.join(image_dir, name)
         size = (image.get("height"), image.get("width"))
-        if not all(isinstance(v, int) and v > 0 for v in size):
+        if all(_positive_int(v) for v in size):
+            size = (int(size[0]), int(size[1]))
+        else:
             try:
                 size = image_size(full)
             except (DatasetError, UnreadableImageError):
@@ -123,8 +136,12 @@ def _image_entries(
 
 def _mask(ann: dict, size: tuple[int, int], where: tuple, problems: list[Problem]):
     segmentation = ann.get("segmentation")
-    if isinstance(segmentation, dict) and "counts" in segmentation:
-        rle = mask_ops.rle_from_coco(segmentation, *size)
+    if isinstance(segmentation, dict):
+        try:
+            rle = mask_ops.rle_from_coco(segmentation)
+        except (KeyError, TypeError, ValueError) as error:
+            problems.append(Problem(*where, "bad_mask", f"malformed RLE ({error!r}): dropped"))
+            return None
         if tuple(rle["size"]) != tuple(size):
             problems.append(
                 Problem(*where, "bad_mask", f"RLE size {rle['size']} != {size}: dropped")

@@ -36,6 +36,22 @@ def targets_from_record(record: Record) -> Targets:
     )
 
 
+def _log_problems(parsed: ParsedDataset) -> None:
+    counts = parsed.problem_counts()
+    if counts:
+        summary = ", ".join(f"{kind}={count}" for kind, count in sorted(counts.items()))
+        logger.warning(
+            "%s: %d annotation problem(s) repaired or dropped (%s); `rcnn check` lists them",
+            parsed.source,
+            sum(counts.values()),
+            summary,
+        )
+    if parsed.num_skipped_empty:
+        logger.info(
+            "%s: %d image(s) without objects skipped", parsed.source, parsed.num_skipped_empty
+        )
+
+
 class DetectionDataset(Dataset):
     """Annotated images; ``ds[i] -> (uint8 image [3,H,W], Targets)`` or None if unreadable.
 
@@ -63,6 +79,7 @@ class DetectionDataset(Dataset):
         self.has_masks: bool = parsed.has_masks
         self.source: str = parsed.source
         self.transform = transform
+        _log_problems(parsed)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -38,13 +38,23 @@ def clean_polygons(segmentation: list[Any]) -> tuple[list[np.ndarray], int]:
     return polygons, dropped
 
 
-def rle_from_coco(segmentation: dict[str, Any], height: int, width: int) -> dict[str, Any]:
-    """Compressed RLE (``counts`` as bytes) from a COCO RLE dict (compressed or not)."""
-    counts = segmentation["counts"]
+def rle_from_coco(segmentation: dict[str, Any]) -> dict[str, Any]:
+    """Compressed RLE (``counts`` as bytes) from a COCO RLE dict (compressed or not).
+
+    Raises:
+        KeyError, TypeError, ValueError: a malformed dict (the reader reports and drops it).
+    """
+    counts, size = segmentation["counts"], [int(v) for v in segmentation["size"]]
+    if len(size) != 2:
+        raise ValueError(f"RLE size {size} is not [H, W]")
     if isinstance(counts, list):
-        rle = mask_util.frPyObjects(segmentation, height, width)
+        if sum(int(c) for c in counts) != size[0] * size[1]:
+            raise ValueError(f"uncompressed RLE counts do not sum to {size[0]}x{size[1]}")
+        rle = mask_util.frPyObjects({"size": size, "counts": counts}, *size)
+    elif isinstance(counts, (str, bytes)):
+        rle = {"size": size, "counts": counts}
     else:
-        rle = {"size": list(segmentation["size"]), "counts": counts}
+        raise TypeError(f"RLE counts must be a string or a list, not {type(counts).__name__}")
     if isinstance(rle["counts"], str):
         rle["counts"] = rle["counts"].encode("ascii")
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"]}

@@ -215,3 +215,27 @@ def test_explicit_image_folder(tmp_path, files, capsys):
     assert "usable: yes" in capsys.readouterr().out
     assert main(["check", "--coco", str(path)]) == 1
     assert "a.png' not found; tried" in capsys.readouterr().err
+
+
+def test_malformed_entries_are_reported_not_crashes(tmp_path, files):
+    files.image(tmp_path / "images" / "a.png", (40, 60))
+    files.image(tmp_path / "images" / "b.png", (40, 60))
+    images = [
+        {"id": 1, "file_name": "a.png", "height": 40.0, "width": 60.0},  # floats: fine
+        {"id": 2, "file_name": "b.png", "height": float("nan"), "width": 60},  # read from file
+        "not an image entry",
+    ]
+    anns = [
+        _ann(1, 1, [1, 1, 5, 5], {"size": [40, 60], "counts": 17}),
+        _ann(2, 1, [1, 1, 5, 5], {"counts": "abc"}),
+        _ann(3, 1, "1,1,5,5", files.square(1, 1, 4)),
+        _ann(4, 1, [1, 1, 5, 5], files.square(1, 1, 4), image_id=2),
+    ]
+    parsed = load_coco(str(files.coco(tmp_path, images, anns)))
+    kinds = sorted((p.annotation, p.kind) for p in parsed.problems if p.annotation is not None)
+    assert kinds == [(1, "bad_mask"), (2, "bad_mask"), (3, "bad_box")]
+    assert sorted(p.kind for p in parsed.problems if p.annotation is None) == ["bad_image"] * 2
+    assert [(r.image_id, r.height, r.width, len(r)) for r in parsed.records] == [
+        (1, 40, 60, 0),
+        (2, 40, 60, 1),
+    ]
