@@ -68,3 +68,29 @@ def test_coco_root_and_val_transform_scale(tmp_path, files):
     assert len(build_dataset(str(tmp_path), "val")) == 2
     with pytest.raises(DatasetError, match="not a dataset name"):
         build_dataset(str(tmp_path / "nothing"), "train")
+
+
+def test_voc_folder_without_split_lists_uses_the_holdout(tmp_path, files):
+    (tmp_path / "Annotations").mkdir()
+    for index in range(7):
+        files.image(tmp_path / "JPEGImages" / f"im{index}.jpg", (24, 32))
+        (tmp_path / "Annotations" / f"im{index}.xml").write_text(_voc_xml(f"im{index}", [("b", 0)]))
+    train = build_dataset(str(tmp_path), "train")
+    val = build_dataset(str(tmp_path), "val")
+    assert [r.file_name for r in val.records] == ["im6.jpg"]  # round(7 * 0.15) = 1, the last name
+    assert [r.file_name for r in train.records] == [f"im{i}.jpg" for i in range(6)]
+
+
+def test_check_on_a_voc_devkit(tmp_path, files, capsys):
+    from rcnn.cli import main
+
+    base = tmp_path / "VOCdevkit" / "VOC2007"
+    (base / "ImageSets" / "Main").mkdir(parents=True)
+    (base / "Annotations").mkdir()
+    (base / "ImageSets" / "Main" / "test.txt").write_text("a\nb\n")
+    files.image(base / "JPEGImages" / "a.jpg", (24, 32))
+    (base / "Annotations" / "a.xml").write_text(_voc_xml("a", [("dog", 0), ("unicorn", 0)]))
+    assert main(["check", "--voc", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 1 and report["classes"]["dog"] == 1
+    assert report["problems_by_kind"] == {"missing_annotation": 1, "unknown_category": 1}
