@@ -1,8 +1,9 @@
 """Reading image files into uint8 RGB tensors, with the repairs every real dataset needs.
 
 Repairs (documented, counted by ``rcnn check``): EXIF orientation is applied (an invalid EXIF block
-is ignored); grayscale, palette, RGBA/LA, CMYK and 1-bit images are converted to RGB; 16-bit and
-32-bit integer images are scaled to 8 bit (``value / 257``). A missing file raises ``DatasetError``
+is ignored); grayscale, palette, RGBA/LA, CMYK and 1-bit images are converted to RGB (alpha
+dropped); 16-bit and 32-bit integer images are scaled to 8 bit (``value / 257``) unless every value
+already fits in 0..255. A missing file raises ``DatasetError``
 naming it; a truncated or undecodable file raises ``UnreadableImageError`` (a ``DatasetError``),
 which the dataset turns into a skipped sample.
 """

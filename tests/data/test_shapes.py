@@ -69,3 +69,30 @@ def test_shapes_spec_builds_through_the_coco_reader(tmp_path):
     assert image.shape == (3, 128, 128) and len(targets) >= 1
     assert train.class_names == ["square", "circle", "triangle"]
     assert train.label_to_category_id == [1, 2, 3]
+
+
+def test_transformed_masks_still_cover_their_objects(tmp_path):
+    from rcnn.data import TrainTransform
+    from rcnn.data import masks as mask_ops
+
+    options = {"seed": 2, "num_train": 8, "num_val": 1}
+    raw = build_dataset("shapes", "train", data_root=str(tmp_path), **options)
+    moved = build_dataset("shapes", "train", data_root=str(tmp_path), **options,
+                          transform=TrainTransform((64, 96), 200, flip_prob=0.5))  # fmt: skip
+    flips = set()
+    for index in range(len(raw)):
+        original, original_targets = raw[index]
+        image, targets = moved[(index, 100 + index)]
+        flips.add(targets.flipped)
+        pixels = image.permute(1, 2, 0).numpy().astype(int)
+        for k, mask in enumerate(targets.masks):
+            inside = mask_ops.to_bitmap(mask, *targets.image_size).astype(bool)
+            before = mask_ops.to_bitmap(original_targets.masks[k], 128, 128).astype(bool)
+            colour = original.permute(1, 2, 0).numpy()[before][0].astype(int)
+            close = np.abs(pixels[inside] - colour).max(axis=1) <= 40
+            assert close.mean() > 0.85  # a mis-flipped or mis-scaled mask would miss its object
+            x1, y1, x2, y2 = targets.boxes[k].tolist()
+            ys, xs = np.nonzero(inside)
+            assert abs(xs.min() - x1) <= 1.5 and abs(xs.max() + 1 - x2) <= 1.5
+            assert abs(ys.min() - y1) <= 1.5 and abs(ys.max() + 1 - y2) <= 1.5
+    assert flips == {True, False}
