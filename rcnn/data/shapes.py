@@ -161,6 +161,9 @@ def make_shapes(
     staging = tempfile.mkdtemp(prefix=".shapes-", dir=parent)
     _write_split(staging, "train", np.random.default_rng([seed, 0]), num_train, image_size)
     _write_split(staging, "val", np.random.default_rng([seed, 1]), num_val, image_size)
+    if os.path.isfile(paths["train"]) and os.path.isfile(paths["val"]):
+        shutil.rmtree(staging, ignore_errors=True)  # another process finished first
+        return paths
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)  # an incomplete earlier attempt
     try:
