@@ -74,7 +74,8 @@ def postprocess_boxes(
     keep = torch.where(scores > cfg.score_thresh)[0]
     keep = keep[remove_small(boxes[keep], 1e-2)]
     nms_keep = batched_nms(boxes[keep], scores[keep], labels[keep], cfg.nms_thresh)
-    keep = keep[nms_keep[: cfg.detections_per_img]]
+    limit = None if cfg.detections_per_img < 0 else cfg.detections_per_img  # -1: keep all
+    keep = keep[nms_keep[:limit]]
     return boxes[keep], scores[keep], labels[keep]
 
 

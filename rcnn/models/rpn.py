@@ -100,8 +100,9 @@ def generate_proposals(
     for i, size in enumerate(image_sizes):
         img_boxes, img_logits = clip_boxes(boxes[i], size), top_logits[i]
         keep = remove_small(img_boxes, cfg.min_size)
-        keep = keep[torch.sigmoid(img_logits[keep]) >= cfg.score_thresh]
-        nms_keep = batched_nms(img_boxes[keep], img_logits[keep], level_ids[keep], cfg.nms_thresh)
+        scores = torch.sigmoid(img_logits)  # NMS ranks probabilities, as torchvision does
+        keep = keep[scores[keep] >= cfg.score_thresh]
+        nms_keep = batched_nms(img_boxes[keep], scores[keep], level_ids[keep], cfg.nms_thresh)
         keep = keep[nms_keep[: cfg.post_nms_topk[mode]]]
         out.append(Proposals(img_boxes[keep], img_logits[keep]))
     return out

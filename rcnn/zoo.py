@@ -1,0 +1,183 @@
+"""Model names -> preset configs and training recipes; ``get_model`` / ``list_models``.
+
+torchvision names reproduce torchvision's builders' defaults (``torchvision/models/detection``);
+GluonCV names reproduce GluonCV's model zoo (``gluoncv/model_zoo/model_zoo.py`` and the
+``scripts/{detection,instance}`` training scripts). Shape shorthand: C classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rcnn.errors import UserError
+from rcnn.models.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+
+# references/detection/README.md: 8 GPUs x 2 images, --epochs 26 --lr-steps 16 22, warmup
+# min(1000, iters per epoch) from 1/1000 (engine.py). (The v2 weights were published with a longer
+# LSJ recipe; this is the reference recipe the builders document.)
+TORCHVISION_RECIPE = {
+    "epochs": 26,
+    "lr": 0.02,
+    "lr_decay": 0.1,
+    "lr_decay_epoch": (16, 22),
+    "lr_warmup": 1000,
+    "lr_warmup_factor": 0.001,
+    "wd": 1e-4,
+    "momentum": 0.9,
+    "batch_size": 16,
+}
+# scripts/instance/mask_rcnn/train_mask_rcnn.py (COCO): lr 0.00125 x batch, 26 epochs, steps 17/23,
+# warmup max(8000 / batch, 1000) iterations from 1/3.
+GLUONCV_COCO_RECIPE = {
+    "epochs": 26,
+    "lr": 0.01,
+    "lr_decay": 0.1,
+    "lr_decay_epoch": (17, 23),
+    "lr_warmup": 1000,
+    "lr_warmup_factor": 1.0 / 3,
+    "wd": 1e-4,
+    "momentum": 0.9,
+    "batch_size": 8,
+}
+
+
+@dataclass
+class Preset:
+    """A named model config with its published training recipe (``TrainConfig`` field names)."""
+
+    name: str
+    model: ModelConfig
+    recipe: dict = field(default_factory=dict)
+
+
+def _torchvision(*, v2: bool, mask: bool) -> ModelConfig:
+    """torchvision's builder defaults (ModelConfig's own defaults are torchvision v1's)."""
+    cfg = ModelConfig(classes=COCO_CLASSES, mask_on=mask)
+    if v2:  # faster_rcnn.py / mask_rcnn.py *_v2: BN body and FPN, 2-conv RPN, 4conv1fc + BN heads
+        cfg.backbone.norm = "bn"
+        cfg.fpn.norm = "bn"
+        cfg.rpn.conv_depth = 2
+        cfg.box_head.kind = "4conv1fc"
+        cfg.box_head.norm = "bn"
+        cfg.mask_head.norm = "bn"
+    return cfg
+
+
+def _gluoncv_fpn(backbone: str, *, mask: bool) -> ModelConfig:
+    """GluonCV's FPN models (model_zoo.py; features.md section 1.5)."""
+    cfg = ModelConfig(classes=COCO_CLASSES, mask_on=mask)
+    cfg.backbone.name = backbone
+    cfg.anchors.style = "gluoncv"  # base 16, scales (2,4,8,16,32) -> 32..512 px, ratios (.5,1,2)
+    rpn = cfg.rpn
+    rpn.channels = 1024
+    rpn.pre_nms_topk, rpn.post_nms_topk = (12000, 6000), (2000, 1000)
+    rpn.per_level = False  # GluonCV ranks and suppresses proposals over all levels jointly
+    rpn.min_size = 1.0
+    rpn.box_clip = 4.42 if mask else 4.14
+    box = cfg.box_head
+    box.box_clip = rpn.box_clip
+    box.smooth_l1_beta = 1.0  # --rcnn-smoothl1-rho 1.0
+    box.score_thresh = 0.01  # MultiPerClassDecoder's default thresh
+    box.detections_per_img = 1000 if mask else -1  # rcnn_max_dets / post_nms -1 (all)
+    if mask and backbone != "resnet18":
+        box.pooler_resolution, box.pool_downsample = 14, 2  # RoI 14, box head avg-pools to 7
+    if mask and backbone == "resnet18":
+        cfg.mask_head.pooler_resolution, cfg.mask_head.num_conv = 7, 2  # 14x14 masks
+    return cfg
+
+
+PRESETS: dict[str, tuple[Callable[[], ModelConfig], dict]] = {
+    "fasterrcnn_resnet50_fpn": (lambda: _torchvision(v2=False, mask=False), TORCHVISION_RECIPE),
+    "fasterrcnn_resnet50_fpn_v2": (lambda: _torchvision(v2=True, mask=False), TORCHVISION_RECIPE),
+    "maskrcnn_resnet50_fpn": (lambda: _torchvision(v2=False, mask=True), TORCHVISION_RECIPE),
+    "maskrcnn_resnet50_fpn_v2": (lambda: _torchvision(v2=True, mask=True), TORCHVISION_RECIPE),
+    "faster_rcnn_fpn_resnet50_v1b_coco": (
+        lambda: _gluoncv_fpn("resnet50", mask=False),
+        GLUONCV_COCO_RECIPE,
+    ),
+    "mask_rcnn_fpn_resnet18_v1b_coco": (
+        lambda: _gluoncv_fpn("resnet18", mask=True),
+        GLUONCV_COCO_RECIPE,
+    ),
+    "mask_rcnn_fpn_resnet50_v1b_coco": (
+        lambda: _gluoncv_fpn("resnet50", mask=True),
+        GLUONCV_COCO_RECIPE,
+    ),
+    # deviation from gluoncv: torchvision's ResNet-101 body (7x7 stem) instead of v1d's deep stem
+    "mask_rcnn_fpn_resnet101_v1d_coco": (
+        lambda: _gluoncv_fpn("resnet101", mask=True),
+        GLUONCV_COCO_RECIPE,
+    ),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``get_preset`` / ``get_model``."""
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """A fresh (mutable) copy of preset ``name``."""
+    if name not in PRESETS:
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    make_cfg, recipe = PRESETS[name]
+    return Preset(name, make_cfg(), copy.deepcopy(recipe))
+
+
+def default_classes(name: str, cfg: ModelConfig) -> tuple[str, ...]:
+    """COCO's 80 names for ``*_coco`` and torchvision presets, VOC's 20 for ``*_voc``."""
+    if name.endswith("_voc"):
+        from rcnn.data.voc import VOC_CLASSES
+
+        return tuple(VOC_CLASSES)
+    return tuple(cfg.classes)
+
+
+def get_model(name: str, *, pretrained=None, pretrained_base: bool = True, classes=None):
+    """Build model ``name`` (an ``RCNN``), optionally loading full weights from a local file.
+
+    Args:
+        name: a preset (``list_models()``).
+        pretrained: None/False, or a local state-dict / checkpoint file (ours or torchvision's).
+            URLs are refused: nothing is downloaded.
+        pretrained_base: ImageNet initialisation of the body (a local file; otherwise a warning).
+        classes: class names (default: the preset's dataset classes).
+    """
+    from rcnn.models.build import build_model
+    from rcnn.weights import load_state_dict_checked, read_state_dict
+    from rcnn.weights import torchvision as tv
+
+    cfg = get_preset(name).model
+    cfg.classes = tuple(classes) if classes is not None else default_classes(name, cfg)
+    if pretrained is True:
+        raise UserError(
+            f"{name}: rcnn ships no weights and never downloads; pass pretrained=<local file> "
+            "(a state dict or checkpoint you downloaded yourself)"
+        )
+    cfg.backbone.pretrained_base = bool(pretrained_base) and not pretrained
+    model = build_model(cfg)
+    if pretrained:
+        state_dict = read_state_dict(pretrained)
+        if "rpn.head.cls_logits.weight" in state_dict:  # torchvision's naming
+            state_dict = tv.convert_state_dict(state_dict, set(model.state_dict()))
+        load_state_dict_checked(model, state_dict, source=os.fspath(pretrained))
+    return model

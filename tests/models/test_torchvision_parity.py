@@ -1,0 +1,97 @@
+"""Parity with torchvision: its four R50-FPN builders with seeded random weights vs ours loaded
+from their state dicts give the same detections on real images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import detection
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from rcnn.weights import load_torchvision
+
+MIN_SIZE, MAX_SIZE = 256, 320
+
+
+def calibrated_torchvision(name: str, images: list[torch.Tensor]) -> nn.Module:
+    """torchvision's model with random weights whose BN statistics come from real images.
+
+    One training step's forward (BN momentum 1) sets every BN's running stats to that batch's
+    statistics, so activations stay in range; the classifier and box regressor are scaled up so
+    that scores spread out and boxes move away from the proposals.
+    """
+    torch.manual_seed(0)
+    model = getattr(detection, name)(
+        weights=None, weights_backbone=None, num_classes=5, min_size=MIN_SIZE, max_size=MAX_SIZE
+    )
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 1.0
+    with torch.no_grad():
+        predictor = model.roi_heads.box_predictor
+        predictor.cls_score.weight.mul_(40)
+        predictor.bbox_pred.weight.mul_(50)
+        model.rpn.head.cls_logits.weight.mul_(5)
+    h, w = images[0].shape[-2:]
+    target = {
+        "boxes": torch.tensor([[0.2 * w, 0.2 * h, 0.7 * w, 0.8 * h]]),
+        "labels": torch.tensor([1]),
+    }
+    if "mask" in name:
+        target["masks"] = torch.zeros((1, h, w), dtype=torch.uint8)
+        target["masks"][0, int(0.3 * h) : int(0.7 * h), int(0.3 * w) : int(0.6 * w)] = 1
+    model.train()
+    with torch.no_grad():
+        model([images[0].float() / 255], [target])
+    if not name.endswith("_v2"):  # v1 bodies use FrozenBatchNorm2d whenever weights are loaded
+        freeze_batchnorm(model.backbone.body)
+    return model.eval()
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Replace BatchNorm2d by FrozenBatchNorm2d with the same statistics (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fasterrcnn_resnet50_fpn",
+        "fasterrcnn_resnet50_fpn_v2",
+        "maskrcnn_resnet50_fpn",
+        "maskrcnn_resnet50_fpn_v2",
+    ],
+)
+def test_same_detections_as_torchvision(name, real_images):
+    theirs_model = calibrated_torchvision(name, real_images)
+    ours_model = load_torchvision(name, theirs_model.state_dict()).eval()
+    ours_model.cfg.input.test_short, ours_model.cfg.input.max_size = MIN_SIZE, MAX_SIZE
+    with torch.no_grad():
+        theirs = theirs_model([img.float() / 255 for img in real_images])
+    ours = ours_model(real_images)
+    for image, t, o in zip(real_images, theirs, ours, strict=True):
+        assert len(t["boxes"]) >= 5, "too few detections for a meaningful comparison"
+        assert len(o) == len(t["boxes"])
+        torch.testing.assert_close(o.boxes, t["boxes"], atol=1e-3, rtol=0)
+        torch.testing.assert_close(o.scores, t["scores"], atol=1e-4, rtol=0)
+        assert torch.equal(o.labels, t["labels"] - 1)
+        if "mask" in name:
+            assert o.masks.shape == (len(o), *image.shape[-2:]) and o.masks.dtype == torch.bool
+            assert bool((mask_iou(o.masks, t["masks"][:, 0] > 0.5) >= 0.99).all())
+            assert int(o.masks.sum()) > 0
+        else:
+            assert o.masks is None
