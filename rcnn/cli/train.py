@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  rcnn train                                   # shapes demo, CPU, a few minutes\n"
         "  rcnn train --network mask_rcnn_fpn_resnet50_v1b_coco --dataset coco --gpus 0,1,2,3\n"
         "  rcnn train --dataset my/coco.json --set model.rpn.nms_thresh=0.6 --amp\n"
-        "  torchrun --nproc_per_node 4 -m rcnn train --gpus 0,1,2,3 ...   # multi-node likewise"
+        "  torchrun --nproc_per_node 4 -m rcnn.cli train --gpus 0,1,2,3 ...  # multi-node too"
     )
     for flag, key, help_text in FLAGS:
         parser.add_argument(flag, dest=key, default=None, metavar=key.upper(), help=help_text)
@@ -195,30 +195,47 @@ def run(args: argparse.Namespace) -> int:
     gpus = du.parse_gpus(cfg.gpus)
     if cfg.dataset not in ("coco", "voc", "shapes") and not os.path.exists(cfg.dataset):
         raise UserError(f"--dataset {cfg.dataset}: no such file or folder")
-    datasets = runner.build_datasets(cfg)
-    runner.set_classes(cfg, datasets, state)
-    run_dir = default_run_dir(cfg)
-    _check_run_dir(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run_dir / "config.yaml")
-    logger.info(
-        "run folder %s; %d train / %d val images, classes %s",
-        run_dir,
-        len(datasets.train),
-        len(datasets.val),
-        list(cfg.model.classes),
-    )
-    if len(gpus) > 1 and not du.launched_by_torchrun():
-        du.spawn_workers(_spawned, len(gpus), args=(cfg, gpus, str(run_dir)))
-        return 0
-    ctx = du.init_from_env(gpus)
+    spawn = len(gpus) > 1 and not du.launched_by_torchrun()
+    ctx = None if spawn else du.init_from_env(gpus)
+    is_main = ctx is None or ctx.is_main
     try:
+        # under torchrun, rank 0 reads (or generates) the data first; the others then read it
+        if not is_main:
+            du.barrier()
+        datasets, run_dir = _prepare(cfg, state, is_main)
+        if is_main:
+            du.barrier()
+        run_dir = Path(du.broadcast_object(str(run_dir)))  # one folder, whatever the clocks say
+        if spawn:
+            du.spawn_workers(_spawned, len(gpus), args=(cfg, gpus, str(run_dir)))
+            return 0
         result = runner.run_process(cfg, ctx, run_dir, datasets=datasets, resume_state=state)
-        if ctx.is_main:
+        if is_main:
             _print_summary(runner.finish(cfg, run_dir, result, datasets), start)
     finally:
         du.cleanup()
     return 0
+
+
+def _prepare(cfg: TrainConfig, state: dict | None, is_main: bool):
+    """Datasets (classes into the model config) and the run folder with its config.yaml."""
+    from rcnn.engine import runner
+
+    datasets = runner.build_datasets(cfg)
+    runner.set_classes(cfg, datasets, state)
+    run_dir = default_run_dir(cfg)
+    if is_main:
+        _check_run_dir(run_dir, cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run_dir / "config.yaml")
+        logger.info(
+            "run folder %s; %d train / %d val images, classes %s",
+            run_dir,
+            len(datasets.train),
+            len(datasets.val),
+            list(cfg.model.classes),
+        )
+    return datasets, run_dir
 
 
 def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:

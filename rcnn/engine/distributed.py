@@ -100,10 +100,18 @@ def spawn_workers(fn: Callable[..., Any], nprocs: int, args: tuple = ()) -> None
     """Run ``fn(local_rank, *args)`` in ``nprocs`` processes that each see the rendezvous env."""
     import torch.multiprocessing as mp
 
+    saved = {key: os.environ.get(key) for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE")}
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     os.environ["WORLD_SIZE"] = str(nprocs)
-    mp.spawn(_spawned_entry, args=(fn, args), nprocs=nprocs, join=True)
+    try:
+        mp.spawn(_spawned_entry, args=(fn, args), nprocs=nprocs, join=True)
+    finally:  # the children inherited the rendezvous; this process stays single
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _spawned_entry(local_rank: int, fn: Callable[..., Any], args: tuple) -> None:

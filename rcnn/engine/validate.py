@@ -25,13 +25,11 @@ def evaluate_detections(model: nn.Module, dataset: Any, ctx: DistContext) -> dic
     from rcnn.engine.inference import predict_dataset
     from rcnn.evaluation import build_evaluator
 
-    results = predict_dataset(model, dataset, distributed=ctx.distributed)
-    if not ctx.is_main:
-        return None
     evaluator = build_evaluator(dataset)
     evaluator.reset()
-    evaluator.process([image_id for image_id, _ in results], [dets for _, dets in results])
-    return evaluator.evaluate()
+    # streamed: each batch is scored at once, so a dataset's full-size masks are never all held
+    predict_dataset(model, dataset, distributed=ctx.distributed, evaluator=evaluator)
+    return evaluator.evaluate() if ctx.is_main else None
 
 
 def default_primary(metrics: dict) -> float:

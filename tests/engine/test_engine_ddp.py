@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 from engine_tiny import TinyDetector, TinySet, tiny_config
 
 from rcnn.engine.checkpoint import load_checkpoint
-from rcnn.engine.distributed import DistContext, free_port
+from rcnn.engine.distributed import DistContext, cleanup, init_from_env, spawn_workers
 from rcnn.engine.train import train
 
 HERE = Path(__file__).resolve().parent
@@ -34,12 +33,12 @@ def _loader_for(rank: int, world_size: int):
 def _run(rank: int, world_size: int, run_dir: str) -> None:
     sys.path.insert(0, str(HERE))
     torch.set_num_threads(1)
-    if world_size > 1:
-        torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    # spawned through rcnn's launcher: the rendezvous comes from the environment, as with torchrun
+    ctx = init_from_env([]) if world_size > 1 else DistContext()
+    assert (ctx.rank, ctx.world_size, ctx.device.type) == (rank, world_size, "cpu")
     torch.manual_seed(0)
     # max_iters=1 is "the first update"; a second checks that the processes stay in step
     cfg = tiny_config(max_iters=2, lr_warmup=0, save_interval="1it")
-    ctx = DistContext(rank=rank, world_size=world_size, local_rank=rank)
     train(
         cfg,
         TinyDetector(noisy=False),
@@ -49,14 +48,15 @@ def _run(rank: int, world_size: int, run_dir: str) -> None:
         loader_fn=_loader_for(rank, world_size),
     )
     if world_size > 1:
-        torch.distributed.destroy_process_group()
+        assert torch.distributed.get_backend() == "gloo"
+        cleanup()
 
 
 def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    mp.spawn(_run, args=(2, str(tmp_path / "ddp")), nprocs=2, join=True)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    spawn_workers(_run, 2, args=(2, str(tmp_path / "ddp")))
+    assert "WORLD_SIZE" not in os.environ  # the launcher left this process single
     ddp = load_checkpoint(tmp_path / "ddp" / "last.pth")
     _run(0, 1, str(tmp_path / "single"))
     single = load_checkpoint(tmp_path / "single" / "last.pth")
