@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_util
 
+from rcnn.errors import DatasetError
+
 CLASSES = ("square", "circle", "triangle")
 MAX_IOU = 0.3
 MIN_VISIBLE = 0.4
@@ -165,7 +167,12 @@ def make_shapes(
         shutil.rmtree(staging, ignore_errors=True)  # another process finished first
         return paths
     if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)  # an incomplete earlier attempt
+        if os.listdir(out_dir):  # never delete what we did not write
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DatasetError(
+                f"{out_dir}: exists and is not a shapes dataset (no {paths['train']})"
+            )
+        os.rmdir(out_dir)
     try:
         os.rename(staging, out_dir)
     except OSError:  # another process finished first

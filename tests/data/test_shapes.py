@@ -96,3 +96,17 @@ def test_transformed_masks_still_cover_their_objects(tmp_path):
             assert abs(xs.min() - x1) <= 1.5 and abs(xs.max() + 1 - x2) <= 1.5
             assert abs(ys.min() - y1) <= 1.5 and abs(ys.max() + 1 - y2) <= 1.5
     assert flips == {True, False}
+
+
+def test_shapes_never_overwrite_a_foreign_folder(tmp_path):
+    import pytest
+
+    from rcnn.errors import DatasetError
+
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(DatasetError, match="not a shapes dataset"):
+        make_shapes(str(tmp_path), num_train=1, num_val=1)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+    (tmp_path / "empty").mkdir()
+    assert Path(make_shapes(str(tmp_path / "empty"), num_train=1, num_val=1)["train"]).is_file()
