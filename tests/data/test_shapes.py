@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from pycocotools import mask as mask_util
 
 from rcnn.data import build_dataset, make_shapes
+from rcnn.errors import DatasetError
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -99,10 +101,6 @@ def test_transformed_masks_still_cover_their_objects(tmp_path):
 
 
 def test_shapes_never_overwrite_a_foreign_folder(tmp_path):
-    import pytest
-
-    from rcnn.errors import DatasetError
-
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(DatasetError, match="not a shapes dataset"):
         make_shapes(str(tmp_path), num_train=1, num_val=1)
