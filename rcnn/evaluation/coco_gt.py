@@ -162,6 +162,15 @@ def _check_annotation(ann: Any, image_sizes: dict, category_ids: set, path: str)
         raise UserError(f"{where}: bbox must be [x, y, w, h], got {bbox!r:.80}")
 
 
+def _image_size(image: Any, path: str) -> tuple[Any, tuple[int, int]]:
+    try:
+        return image["id"], (int(image["height"]), int(image["width"]))
+    except (TypeError, KeyError, ValueError) as error:
+        raise UserError(
+            f"{path}: an image entry lacks a valid id / height / width: {image!r:.120}"
+        ) from error
+
+
 def load_coco_json(path: str | Path) -> COCO:
     """Load a user's COCO instances json for evaluation, repaired as the module docstring says.
 
@@ -179,7 +188,7 @@ def load_coco_json(path: str | Path) -> COCO:
     images = _require(data, "images", list, path)
     annotations = _require(data, "annotations", list, path)
     categories = _require(data, "categories", list, path)
-    image_sizes = {img["id"]: (int(img["height"]), int(img["width"])) for img in images}
+    image_sizes = dict(_image_size(img, path) for img in images)
     category_ids = {cat["id"] for cat in categories}
     repaired = 0
     for new_id, ann in enumerate(annotations, start=1):

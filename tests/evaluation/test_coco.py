@@ -228,6 +228,11 @@ def test_missing_and_malformed_annotation_files(tmp_path):
     with pytest.raises(UserError, match="no 'categories'"):
         load_coco_json(path)
     gt = reference_gt()
+    del gt["images"][1]["height"]
+    path.write_text(json.dumps(gt))
+    with pytest.raises(UserError, match="image entry lacks a valid id / height / width"):
+        load_coco_json(path)
+    gt = reference_gt()
     gt["annotations"][2]["image_id"] = 42
     path.write_text(json.dumps(gt))
     with pytest.raises(UserError, match="annotation id 3: unknown image_id 42"):
