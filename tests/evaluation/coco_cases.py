@@ -72,7 +72,7 @@ def _annotation(index, image_id, category_id, polygon, crowd):
 def reference_gt() -> dict:
     """The ground truth as pycocotools wants it: ids from 1, areas from the masks."""
     annotations = [_annotation(i, *inst) for i, inst in enumerate(INSTANCES)]
-    return {"images": IMAGES, "annotations": annotations, "categories": CATEGORIES}
+    return copy.deepcopy({"images": IMAGES, "annotations": annotations, "categories": CATEGORIES})
 
 
 def quirky_gt() -> dict:
