@@ -25,6 +25,10 @@ from rcnn.errors import UserError
 
 logger = logging.getLogger(__name__)
 FINAL_KEYS = ("bbox", "segm", "voc07", "voc12")
+DATASET_OPTIONS = {
+    "shapes": ("seed", "num_train", "num_val", "image_size", "min_object_area"),
+    "other": ("min_object_area", "classes"),
+}
 
 
 @dataclass
@@ -42,7 +46,7 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
 
     size = cfg.model.input
     transform = TrainTransform(size.train_short, size.max_size, short_mode=size.short_mode)
-    options = dict(cfg.dataset_options)
+    options = _dataset_options(cfg)
     train_set = build_dataset(
         cfg.dataset, "train", data_root=cfg.data_root, transform=transform, **options
     )
@@ -62,6 +66,20 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
     val_loss = copy.copy(val_set)  # same records, training-size images for the loss pass
     val_loss.transform = ValTransform(size.test_short, size.max_size)
     return Datasets(train_set, val_set, val_loss)
+
+
+def _dataset_options(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg.dataset_options`` checked against what ``build_dataset`` takes."""
+    known = DATASET_OPTIONS["shapes" if cfg.dataset == "shapes" else "other"]
+    for key, value in cfg.dataset_options.items():
+        if key not in known:
+            raise UserError(
+                f"dataset_options: unknown option {key!r} for dataset {cfg.dataset}; valid: "
+                + ", ".join(known)
+            )
+        if value is None:
+            raise UserError(f"dataset_options.{key} has no value (yaml needs 'key: value')")
+    return dict(cfg.dataset_options)
 
 
 def set_classes(cfg: TrainConfig, datasets: Datasets, resume_state: dict | None) -> None:
@@ -91,23 +109,27 @@ def run_process(
     """Build the model and train it in this process (any rank)."""
     from rcnn.models.build import build_model
 
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
     datasets = datasets or build_datasets(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg.model)
     validator = Validator(
         datasets.val, loss_dataset=datasets.val_loss, loss_batches=cfg.val_loss_batches
     )
-    return train(
-        cfg,
-        model,
-        datasets.train,
-        run_dir=run_dir,
-        ctx=ctx,
-        validator=validator,
-        resume_state=resume_state,
-    )
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return train(
+            cfg,
+            model,
+            datasets.train,
+            run_dir=run_dir,
+            ctx=ctx,
+            validator=validator,
+            resume_state=resume_state,
+        )
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
 
 
 def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, datasets: Datasets) -> dict:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from rcnn.cli import build_parser, main
@@ -119,20 +125,29 @@ def _tiny_shapes_args(tmp_path: Path, out: Path) -> list[str]:
     return [
         "--data-root", str(tmp_path / "shapes"),
         "--set", "dataset_options={num_train: 8, num_val: 2, image_size: 128}",
-        "--max-iters", "3", "--batch-size", "2", "--log-interval", "1",
-        "--set", "val_loss_batches=2", "--set", "vis_images=2",
-        "--output", str(out),
+        "--max-iters", "4", "--batch-size", "2", "--log-interval", "1", "--save-interval", "1it",
+        "--set", "val_loss_batches=2", "--set", "vis_images=2", "--num-workers", "0",
+        "--deterministic", "--output", str(out),
     ]  # fmt: skip
 
 
+def _train_single_thread(argv: list[str]) -> int:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(["train", *argv])
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_shapes_run_end_to_end_then_resume(capsys, tmp_path):
-    """The real model on tiny shapes: outputs of a run, then --resume extends it."""
+def test_shapes_run_end_to_end_and_sigkill_resume(capsys, tmp_path):
+    """The real model on tiny shapes: the outputs; a SIGKILLed run resumes to the same weights."""
     from rcnn.config import config_from_dict, load_yaml
     from rcnn.engine.checkpoint import load_checkpoint, load_model
 
     out = tmp_path / "run"
-    assert main(["train", *_tiny_shapes_args(tmp_path, out)]) == 0
+    assert _train_single_thread(_tiny_shapes_args(tmp_path, out)) == 0
     printed = capsys.readouterr().out
     assert "bbox  AP" in printed and "segm  AP" in printed and "wall time" in printed
     final = json.loads((out / "final_metrics.json").read_text())
@@ -142,16 +157,30 @@ def test_shapes_run_end_to_end_then_resume(capsys, tmp_path):
             value = final[kind][key]
             assert value is None or 0.0 <= value <= 1.0
     cfg = config_from_dict(load_yaml(out / "config.yaml"))
-    assert cfg.max_iters == 3 and cfg.model.classes == ("square", "circle", "triangle")
+    assert cfg.max_iters == 4 and cfg.model.classes == ("square", "circle", "triangle")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in rows if r["type"] == "train"] == [1, 2, 3]
+    assert [r["iteration"] for r in rows if r["type"] == "train"] == [1, 2, 3, 4]
     assert any(r["type"] == "val" and "loss" in r for r in rows)
     assert (out / "predictions.png").stat().st_size > 0
     assert list((out / "tensorboard").iterdir())
     model = load_model(out / "last.pth")
     assert list(model.class_names) == ["square", "circle", "triangle"] and not model.training
-    # resume: only the length changes; the run continues from iteration 3 in the same folder
-    assert main(["train", "--resume", str(out), "--max-iters", "4"]) == 0
-    assert load_checkpoint(out / "last.pth")["iteration"] == 4
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in rows if r["type"] == "train"] == [1, 2, 3, 4]
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "rcnn.cli", "train", *_tiny_shapes_args(tmp_path, killed)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "last.pth").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = load_checkpoint(killed / "last.pth")["iteration"]
+    assert 1 <= stopped_at < 4 and not (killed / "final_metrics.json").exists()
+    assert _train_single_thread(["--resume", str(killed)]) == 0
+    resumed, reference = load_checkpoint(killed / "last.pth"), load_checkpoint(out / "last.pth")
+    assert resumed["iteration"] == 4
+    for key, value in reference["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
+    rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if r["type"] == "train"][-1] == 4
