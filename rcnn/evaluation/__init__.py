@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from rcnn.evaluation.coco import COCOEvaluator, evaluate_coco_results
+from rcnn.evaluation.coco_gt import stated_areas
 from rcnn.evaluation.voc import VOCEvaluator
 
 __all__ = [
@@ -24,17 +25,20 @@ __all__ = [
 def build_evaluator(dataset: Any) -> COCOEvaluator | VOCEvaluator:
     """The evaluator that ``dataset.metric`` names (``"coco"`` or ``"voc"``).
 
-    COCO-style data is scored for boxes, and for masks too when ``dataset.has_masks``.
+    COCO-style data is scored for boxes, and for masks too when ``dataset.has_masks``; the areas
+    that a source json states are kept where they agree with the masks (``coco_gt``).
     """
     if dataset.metric == "voc":
         return VOCEvaluator(dataset.records, dataset.class_names)
     if dataset.metric == "coco":
         iou_types = ("bbox", "segm") if dataset.has_masks else ("bbox",)
+        source = str(getattr(dataset, "source", "") or "")
         return COCOEvaluator(
             dataset.records,
             dataset.class_names,
             dataset.label_to_category_id,
             iou_types=iou_types,
+            stated_areas=stated_areas(source) if source.endswith(".json") else None,
         )
     raise ValueError(f"unknown dataset metric {dataset.metric!r} (expected 'coco' or 'voc')")
 

@@ -143,6 +143,8 @@ class COCOEvaluator:
         label_to_category_id: label -> the category id written in results.
         iou_types: ``"bbox"`` and/or ``"segm"``; segm is skipped when a processed ``Detections``
             has ``masks=None`` (a box-only model).
+        stated_areas: the source json's areas by annotation id (see ``coco_gt``), so that COCO's
+            own files give the official small / medium / large numbers.
 
     Only the images passed to ``process`` are scored (all of them when none was), so that a
     partial run (``--max-images``, a shard) is not charged for the images it never saw.
@@ -155,8 +157,11 @@ class COCOEvaluator:
         label_to_category_id: list[int],
         *,
         iou_types: tuple[str, ...] = ("bbox", "segm"),
+        stated_areas: dict[int, float] | None = None,
     ) -> None:
-        self.coco_gt = coco_from_records(records, class_names, label_to_category_id)
+        self.coco_gt = coco_from_records(
+            records, class_names, label_to_category_id, stated_areas=stated_areas
+        )
         self.class_names = list(class_names)
         self.label_to_category_id = [int(c) for c in label_to_category_id]
         self.iou_types = tuple(iou_types)

@@ -7,12 +7,12 @@ same way:
   detection and uses 0 to mean "unmatched", so a ground truth with id 0 (balloon's json starts at 0)
   would silently count as never matched. Only the internal copy is renumbered; results refer to
   images and categories, never to annotation ids, so nothing a user sees changes.
-- Areas decide COCO's small / medium / large ranges. From records they are always computed from
-  the mask (``pycocotools.mask.area``), or from the box for box-only data. From a user's json the
-  stated ``area`` is kept when it agrees with the segmentation's area within 5% (COCO's own areas
-  are polygon areas, slightly different from pixel counts, and the official numbers use them);
-  otherwise (missing, zero, or wrong as in balloon's json) it is recomputed and the repairs are
-  counted in a log line.
+- Areas decide COCO's small / medium / large ranges. They are computed from the mask
+  (``pycocotools.mask.area``), or from the box for box-only data. Where the source json states an
+  ``area`` that agrees with that within 5%, the stated one is kept: COCO's own areas are polygon
+  areas, slightly different from pixel counts, and the official numbers use them. A missing, zero
+  or wrong area (balloon's json) is replaced, and the repairs of a user's json are counted in a
+  log line.
 """
 
 from __future__ import annotations
@@ -69,7 +69,16 @@ def _segmentation_json(mask: InstanceMask, height: int, width: int) -> Any:
     return [np.asarray(p, dtype=np.float64).reshape(-1).tolist() for p in mask]
 
 
-def _record_annotations(record: Record, label_to_category_id: list[int], next_id: int) -> list:
+def _close(stated: Any, true_area: float) -> bool:
+    """Whether a stated area agrees with the computed one (within ``AREA_TOLERANCE``)."""
+    if not isinstance(stated, (int, float)) or isinstance(stated, bool):
+        return False
+    return abs(stated - true_area) <= AREA_TOLERANCE * max(true_area, 1.0)
+
+
+def _record_annotations(
+    record: Record, label_to_category_id: list[int], next_id: int, stated_areas: dict
+) -> list:
     """The COCO annotations of one record, ids from ``next_id`` on."""
     annotations = []
     for i in range(len(record)):
@@ -87,12 +96,19 @@ def _record_annotations(record: Record, label_to_category_id: list[int], next_id
             rle = mask_to_rle(mask, record.height, record.width)
             ann["area"] = float(mask_util.area(rle))
             ann["segmentation"] = _segmentation_json(mask, record.height, record.width)
+        if i < len(record.annotation_ids):
+            stated = stated_areas.get(record.annotation_ids[i])
+            ann["area"] = stated if _close(stated, ann["area"]) else ann["area"]
         annotations.append(ann)
     return annotations
 
 
 def coco_from_records(
-    records: list[Record], class_names: list[str], label_to_category_id: list[int]
+    records: list[Record],
+    class_names: list[str],
+    label_to_category_id: list[int],
+    *,
+    stated_areas: dict[int, float] | None = None,
 ) -> COCO:
     """Ground truth for ``COCOeval`` from dataset records.
 
@@ -100,6 +116,8 @@ def coco_from_records(
         records: the dataset's records; ``ignore`` becomes ``iscrowd=1``.
         class_names: one name per label.
         label_to_category_id: label -> the category id written in results files.
+        stated_areas: the source json's ``area`` per annotation id (``Record.annotation_ids``),
+            kept where it agrees with the mask's (module docstring).
 
     Returns:
         A ``COCO`` object whose annotation ids run from 1 and whose areas come from the masks
@@ -119,7 +137,9 @@ def coco_from_records(
                 "file_name": record.file_name,
             }
         )
-        annotations += _record_annotations(record, label_to_category_id, len(annotations) + 1)
+        annotations += _record_annotations(
+            record, label_to_category_id, len(annotations) + 1, stated_areas or {}
+        )
     categories = [
         {"id": int(cid), "name": name}
         for name, cid in zip(class_names, label_to_category_id, strict=True)
@@ -140,10 +160,7 @@ def _fix_area(ann: dict, size: tuple[int, int]) -> bool:
         true_area = float(mask_util.area(mask_to_rle(segmentation, *size)))
     else:
         true_area = float(ann["bbox"][2]) * float(ann["bbox"][3])
-    stated = ann.get("area")
-    if isinstance(stated, (int, float)) and abs(stated - true_area) <= AREA_TOLERANCE * max(
-        true_area, 1.0
-    ):
+    if _close(ann.get("area"), true_area):
         return False
     ann["area"] = true_area
     return True
@@ -199,6 +216,17 @@ def load_coco_json(path: str | Path) -> COCO:
     if repaired:
         logger.warning("%s: recomputed %d wrong or missing annotation areas", path, repaired)
     return quiet_coco(data)
+
+
+def stated_areas(json_path: str | Path) -> dict[int, float]:
+    """``{annotation id: area}`` as a COCO json states them ({} when it cannot be read)."""
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            annotations = json.load(f).get("annotations", [])
+        return {a["id"]: a["area"] for a in annotations if "area" in a and "id" in a}
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        logger.warning("%s: cannot read the stated areas; using the masks' areas", json_path)
+        return {}
 
 
 def records_from_coco(coco: COCO) -> tuple[list[Record], list[str], list[int]]:

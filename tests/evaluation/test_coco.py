@@ -118,6 +118,7 @@ def records_from_reference() -> list[Record]:
                 labels=np.array([CAT_IDS.index(a["category_id"]) for a in anns], dtype=np.int64),
                 ignore=np.array([bool(a["iscrowd"]) for a in anns]),
                 masks=masks,
+                annotation_ids=[a["id"] for a in anns],
             )
         )
     return records
@@ -255,3 +256,28 @@ def test_build_evaluator_picks_by_metric():
     FakeDataset.metric = "other"
     with pytest.raises(ValueError, match="unknown dataset metric"):
         build_evaluator(FakeDataset())
+
+
+def test_stated_areas_kept_when_close(tmp_path):
+    """COCO's polygon areas (a few % off the pixel count) are kept; wrong ones are replaced."""
+    gt = reference_gt()
+    mask_areas = [a["area"] for a in gt["annotations"]]
+    gt["annotations"][0]["area"] = mask_areas[0] * 1.03  # close: kept
+    gt["annotations"][1]["area"] = mask_areas[1] * 0.5  # wrong: the mask's
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+
+    class FakeDataset:
+        records = records_from_reference()
+        class_names = NAMES
+        label_to_category_id = CAT_IDS
+        metric = "coco"
+        has_masks = True
+        source = str(path)
+
+    areas = [a["area"] for a in build_evaluator(FakeDataset()).coco_gt.dataset["annotations"]]
+    assert areas[0] == pytest.approx(mask_areas[0] * 1.03)
+    assert areas[1:] == pytest.approx(mask_areas[1:])
+    FakeDataset.source = str(tmp_path / "folder")
+    areas = [a["area"] for a in build_evaluator(FakeDataset()).coco_gt.dataset["annotations"]]
+    assert areas == pytest.approx(mask_areas)
