@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from rcnn.engine.inference import predict_dataset
 from rcnn.evaluation import VOCEvaluator
@@ -99,27 +97,5 @@ def test_predict_dataset_into_evaluator_drops_masks():
     assert evaluator.evaluate()["voc12"]["mAP"] == 1.0
 
 
-def _worker(rank: int, world_size: int, init_file: str, result_file: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
-    try:
-        model = FakeModel()
-        evaluator = VOCEvaluator(fake_records(), ["thing"])
-        outputs = predict_dataset(model, FakeDataset(5), distributed=True, evaluator=evaluator)
-        assert sum(n for n, _, _ in model.calls) == (3 if rank == 0 else 2)  # its shard only
-        if rank == 0:
-            assert sorted(evaluator.state()["detections"]) == [100, 101, 102, 103, 104]
-            assert evaluator.evaluate()["voc07"]["mAP"] == pytest.approx(1.0)
-            torch.save(outputs, result_file)
-        else:
-            assert outputs == []
-    finally:
-        dist.destroy_process_group()
-
-
-def test_distributed_gathers_on_rank_zero(tmp_path, monkeypatch):
-    result_file = str(tmp_path / "outputs.pt")
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), result_file), nprocs=2, join=True)
-    check_outputs(torch.load(result_file, weights_only=False), 5)
+# The 2-process gloo run (sharding, gather on rank 0, evaluator state merge) is in
+# tests/cli/test_eval_cli.py::test_distributed_predict_and_eval, one spawn for both.
