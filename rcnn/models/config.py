@@ -54,8 +54,12 @@ class BackboneConfig:
         norm: ``"frozen_bn" | "bn" | "gn" | "syncbn"``.
         norm_eps: BN epsilon (torchvision's legacy COCO_V1 detection weights use 0.0).
         freeze_at: 0 trains everything; 1 freezes the stem; k >= 2 also freezes layer1..layer(k-1).
-        stem: ``"torchvision"`` (7x7 conv); other stems (GluonCV's v1d) slot in here.
+        stem: ``"torchvision"`` (7x7 conv) or ``"v1d"`` (GluonCV's ResNet-v1d: deep 3x3 stem and
+            average-pool shortcuts, ``rcnn/models/stems.py``).
         pretrained_base: ImageNet weights for the body (a local file; never downloaded).
+        weights: explicit ImageNet weight file for ``pretrained_base`` (else
+            ``$RCNN_BACKBONE_WEIGHTS``, else torchvision's file in the torch hub cache;
+            ``rcnn/models/pretrained.py``).
     """
 
     name: str = "resnet50"
@@ -64,6 +68,7 @@ class BackboneConfig:
     freeze_at: int = 2
     stem: str = "torchvision"
     pretrained_base: bool = True
+    weights: str = ""
 
 
 @dataclass
@@ -117,6 +122,7 @@ class RPNConfig:
     smooth_l1_beta: float = 1.0 / 9
     box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     box_clip: float = DEFAULT_BOX_CLIP
+    allowed_border: float = -1.0  # >= 0: anchors crossing the image by more are ignored (GluonCV 0)
 
 
 @dataclass
@@ -144,6 +150,7 @@ class BoxHeadConfig:
     smooth_l1_beta: float = 1.0 / 9
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
+    nms_topk: int = -1  # GluonCV's nms_topk: best (box, class) pairs entering NMS (-1 = all)
     detections_per_img: int = 100
 
 
@@ -156,6 +163,7 @@ class MaskHeadConfig:
     num_conv: int = 4
     conv_dim: int = 256
     norm: str = ""
+    edge_loss_weight: float = 0.0  # Sobel edge loss on masks (seed 003); 0 = off
 
 
 @dataclass

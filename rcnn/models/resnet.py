@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from rcnn.models.config import BackboneConfig
 from rcnn.models.layers import norm_factory
+from rcnn.models.stems import make_v1d
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class ResNetBody(nn.Module):
             raise ValueError(f"unknown backbone {cfg.name!r}; expected one of {sorted(BODIES)}")
         builder, c2_channels = BODIES[cfg.name]
         net = builder(weights=None, norm_layer=norm_factory(cfg.norm, eps=cfg.norm_eps))
+        if cfg.stem == "v1d":  # GluonCV's ResNet-v1d: deep stem + avg-pool shortcuts
+            make_v1d(net, norm_factory(cfg.norm, eps=cfg.norm_eps) or nn.BatchNorm2d)
+        elif cfg.stem != "torchvision":
+            raise ValueError(f"unknown backbone.stem {cfg.stem!r}; expected torchvision or v1d")
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         for name in STAGES:
             setattr(self, name, getattr(net, name))
