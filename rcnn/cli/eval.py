@@ -65,6 +65,8 @@ def _check_mode(args: argparse.Namespace) -> None:
             raise UserError("--results needs exactly one of --coco ANN.json or --voc ROOT")
         if args.checkpoint:
             raise UserError("give either --results or --checkpoint, not both")
+    elif args.coco or args.voc:
+        raise UserError("--coco / --voc score a detections file: give it with --results DETS.json")
     elif not (args.checkpoint and args.dataset):
         raise UserError(
             "give --checkpoint CKPT --dataset SPEC, or --results DETS.json --coco ANN.json"

@@ -107,6 +107,8 @@ def test_results_file_errors(tmp_path, capsys):
     assert "exactly one of --coco" in capsys.readouterr().err
     assert main(["eval", "--results", str(path), "--coco", str(tmp_path / "gone.json")]) == 2
     assert "annotation file not found" in capsys.readouterr().err
+    assert main(["eval", "--coco", str(FRUITS_JSON)]) == 2
+    assert "give it with --results" in capsys.readouterr().err
     assert main(["eval"]) == 2
     assert "--checkpoint CKPT --dataset SPEC" in capsys.readouterr().err
 
