@@ -39,6 +39,8 @@ from rcnn.evaluation.voc import VOCEvaluator, detections_to_arrays
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n", 1)[1].strip()
     model = parser.add_argument_group("model mode")
     model.add_argument("--checkpoint", help="checkpoint written by `rcnn train`")
     model.add_argument("--dataset", help="shapes | coco | voc | path to a COCO json or VOC folder")
