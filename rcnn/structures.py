@@ -81,6 +81,10 @@ class Targets:
         orig_size: ``(H, W)`` of the image on disk.
         scale: current size / original size (the resize factor, same on both axes).
         flipped: whether a horizontal flip was applied.
+        rpn_targets: optional RPN targets attached in the data pipeline
+            (``rcnn.data.rpn_targets``): ``labels`` [A], ``box_targets`` [A, 4], ``box_weights``
+            [A, 4] for the A anchors of this image padded alone; the model uses them when its
+            anchors are the same set, and computes its own otherwise.
     """
 
     boxes: Tensor
@@ -92,6 +96,7 @@ class Targets:
     masks: list[InstanceMask] | None = None
     scale: float = 1.0
     flipped: bool = False
+    rpn_targets: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])

@@ -14,8 +14,8 @@ from torchvision.ops import batched_nms
 from rcnn.models.anchors import AnchorGenerator
 from rcnn.models.config import RPNConfig
 from rcnn.models.layers import conv_norm
+from rcnn.models.rpn_targets import RPNTargetGenerator
 from rcnn.ops.boxes import BoxCoder, clip_boxes, remove_small
-from rcnn.ops.matching import BalancedSampler, Matcher, match_labels
 from rcnn.structures import Proposals, Targets
 
 
@@ -113,6 +113,9 @@ def anchor_targets(
 ) -> tuple[Tensor, Tensor]:
     """Sampled anchor labels and regression targets (Ren et al. 2015, sec. 3.1.2).
 
+    One ``RPNTargetGenerator`` call per image (the component the data pipeline can also run);
+    targets the pipeline already attached for this anchor set are used as they are.
+
     Args:
         anchors: [N, 4] all levels concatenated.
 
@@ -120,16 +123,16 @@ def anchor_targets(
         labels int64 [B, N]: 1 positive, 0 negative, -1 not sampled / ignored;
         box_targets float [B, N, 4] (valid where labels == 1, zero elsewhere).
     """
-    matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh, allow_low_quality_matches=True)
-    sampler = BalancedSampler(cfg.batch_size_per_image, cfg.positive_fraction)
-    coder = BoxCoder(cfg.box_weights, cfg.box_clip)
+    generator = RPNTargetGenerator(cfg)
     all_labels, all_targets = [], []
     for target in targets:
-        matched, labels = match_labels(matcher, target.boxes, target.ignore, anchors)
-        labels = sampler(labels)
-        box_targets = torch.zeros_like(anchors)
-        pos = torch.where(labels == 1)[0]
-        box_targets[pos] = coder.encode(anchors[pos], target.boxes[matched[pos]])
+        attached = target.rpn_targets
+        if attached is not None and len(attached["labels"]) == len(anchors):
+            labels = attached["labels"].to(anchors.device)
+            box_targets = attached["box_targets"].to(anchors.device, anchors.dtype)
+        else:
+            out = generator(anchors, target.boxes, target.ignore, target.image_size)
+            labels, box_targets = out.labels, out.box_targets
         all_labels.append(labels)
         all_targets.append(box_targets)
     return torch.stack(all_labels), torch.stack(all_targets)
