@@ -45,6 +45,29 @@ def gluoncv_cell_anchors(base_size: int, scales: tuple[float, ...], ratios: tupl
     return torch.tensor(out, dtype=torch.float32)
 
 
+def gluoncv_level_anchors(cfg: AnchorConfig, strides: tuple[int, ...]) -> list[Tensor]:
+    """Cell anchors per level as GluonCV 0.11's ``RPNAnchorGenerator`` makes them.
+
+    FPN: one scale per level; C4 (a single level): every scale on it (15 anchors). GluonCV 0.11
+    (``generate_base_anchors``) builds each level's shapes on a ``stride x stride`` window with
+    scales ``scale * base_size / stride``, centred on ``(stride - 1) / 2``: for stride 16 (C4, P4)
+    this is the ``base_size`` formula, on the other FPN levels the centre and the rounding differ
+    (checked against GluonCV in tests/models/test_gluoncv_fixtures.py).
+    """
+    if len(strides) == 1:
+        per_level = [tuple(cfg.scales)]
+    elif len(cfg.scales) == len(strides):
+        per_level = [(scale,) for scale in cfg.scales]
+    else:
+        raise ValueError(f"anchors.scales has {len(cfg.scales)} levels, features {len(strides)}")
+    return [
+        gluoncv_cell_anchors(
+            stride, tuple(s * cfg.base_size / stride for s in scales), cfg.aspect_ratios
+        )
+        for stride, scales in zip(strides, per_level, strict=True)
+    ]
+
+
 class AnchorGenerator(nn.Module):
     """Anchors of every level for a padded batch, cached per (level, feature size, device).
 
@@ -64,13 +87,7 @@ class AnchorGenerator(nn.Module):
                 )
             cells = [torchvision_cell_anchors(s, cfg.aspect_ratios) for s in cfg.sizes]
         elif cfg.style == "gluoncv":
-            if len(cfg.scales) != len(strides):
-                raise ValueError(
-                    f"anchors.scales has {len(cfg.scales)} levels, features {len(strides)}"
-                )
-            cells = [
-                gluoncv_cell_anchors(cfg.base_size, (s,), cfg.aspect_ratios) for s in cfg.scales
-            ]
+            cells = gluoncv_level_anchors(cfg, self.strides)
         else:
             raise ValueError(f"anchors.style must be 'torchvision' or 'gluoncv', got {cfg.style!r}")
         self.cell_anchors = cells

@@ -91,8 +91,9 @@ class AnchorConfig:
     Two ways to state them (``style``):
       - ``"torchvision"``: ``sizes`` per level and ``aspect_ratios``; widths ``size / sqrt(r)``,
         heights ``size * sqrt(r)``, rounded, centred on the grid points ``k * stride``.
-      - ``"gluoncv"``: ``base_size``, ``scales`` (one per level for FPN) and ``aspect_ratios``:
-        GluonCV's ``RPNAnchorGenerator`` (integer-rounded shapes, centre ``(base_size - 1) / 2``).
+      - ``"gluoncv"``: ``base_size``, ``scales`` (one per level for FPN, all on the single C4
+        level) and ``aspect_ratios``: GluonCV 0.11's ``RPNAnchorGenerator`` (integer-rounded
+        shapes on a stride-sized window, centre ``(stride - 1) / 2``; ``anchors.py``).
     """
 
     style: str = "torchvision"
