@@ -71,8 +71,9 @@ class RunLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        _trim_jsonl(run_dir / "metrics.jsonl", start_iter)
         self.jsonl = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
-        self.tb = _tensorboard(run_dir / "tensorboard")
+        self.tb = _tensorboard(run_dir / "tensorboard", start_iter)
         self.bar = _progress_bar(max_iters, start_iter)
 
     def log_step(self, iteration: int, losses: dict[str, float], lr: float, images: int) -> None:
@@ -139,13 +140,35 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def _tensorboard(folder: Path) -> Any:
+def _trim_jsonl(path: Path, start_iter: int) -> None:
+    """Keep the rows up to ``start_iter``: a resumed run rewrites what followed its checkpoint.
+
+    A run killed mid-write leaves a partial last line; it is dropped too. The file is replaced
+    atomically.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("iteration", 0) <= start_iter:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def _tensorboard(folder: Path, start_iter: int) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a dependency; a broken install only loses the events
         logger.warning("tensorboard is not importable; no TensorBoard events will be written")
         return None
-    return SummaryWriter(log_dir=str(folder))
+    # purge_step drops the events a killed run wrote after its last checkpoint
+    return SummaryWriter(log_dir=str(folder), purge_step=start_iter or None)
 
 
 def _progress_bar(total: int, start: int) -> Any:

@@ -154,6 +154,9 @@ class _Loop:
         self, validator: Validator | None, resume_state: dict | None, loader_fn: LoaderFn
     ) -> TrainResult:
         start_time = time.perf_counter()
+        if self.ctx.is_main:  # temporary files of a save that a kill interrupted
+            for stale in self.run_dir.glob(".*.pth.*.tmp"):
+                stale.unlink(missing_ok=True)
         if resume_state is not None:
             self._restore(resume_state)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -65,8 +66,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
         resumed["optimizer"]["state"][0]["momentum_buffer"], ref_momentum, rtol=0, atol=1e-6
     )
     assert resumed["scheduler"] == reference["scheduler"]
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert any('"iteration": 12' in line for line in lines)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # logged every 4 iterations; rows written after the checkpoint by the killed run are replaced
+    assert [r["iteration"] for r in rows if r["type"] == "train"] == [4, 8, 12]
+    assert not list(run_dir.glob(".*.tmp"))
 
 
 def _first_iteration_with(index: int, cfg) -> int:
@@ -165,3 +168,16 @@ def _as_batches(make):
             yield [s[0] for s in samples], [s[1] for s in samples]
 
     return loader_fn
+
+
+def test_resume_trims_metrics_after_the_checkpoint_and_partial_lines(tmp_path):
+    from rcnn.engine.log import RunLogger
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"type": "train", "iteration": i, "loss": 1.0} for i in (2, 4, 6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"type": "tra')
+    log = RunLogger(tmp_path, max_iters=10, start_iter=4, log_interval=2)
+    log.log_step(6, {"loss": 0.25}, 0.1, 2)
+    log.close()
+    again = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["iteration"], r["loss"]) for r in again] == [(2, 1.0), (4, 1.0), (6, 0.25)]
