@@ -78,6 +78,7 @@ class TrainConfig:
     accumulate: int = 1
     amp: str = "off"
     sync_bn: bool = False
+    find_unused_parameters: bool = False
     num_workers: int = 2
     seed: int = 233
     deterministic: bool = False

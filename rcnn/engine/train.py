@@ -334,7 +334,11 @@ class _Loop:
         if self.cfg.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         device_ids = [self.ctx.device] if self.ctx.device.type == "cuda" else None
-        self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.ddp = nn.parallel.DistributedDataParallel(
+            self.model,
+            device_ids=device_ids,
+            find_unused_parameters=self.cfg.find_unused_parameters,
+        )
 
 
 def _next_batch(batches: Iterator) -> tuple[list, list]:

@@ -86,3 +86,52 @@ def test_rng_capture_restore_round_trip(tmp_path):
     ckpt.restore_rng(ckpt.load_checkpoint(path)["rng"])  # through a weights_only load
     again = (random.random(), float(np.random.rand()), float(torch.rand(())))
     assert again == first
+
+
+def _small_model_config(classes):
+    from rcnn.models.config import ModelConfig
+
+    cfg = ModelConfig(classes=tuple(classes))
+    cfg.backbone.name, cfg.backbone.pretrained_base = "resnet18", False
+    cfg.fpn.out_channels = 32
+    cfg.box_head.fc_dim = 64
+    return cfg
+
+
+def test_load_model_rebuilds_from_the_config_and_rejects_mismatches(tmp_path):
+    from rcnn.config import to_dict
+    from rcnn.models.build import build_model
+
+    torch.manual_seed(0)
+    cfg = _small_model_config(["a", "b"])
+    model = build_model(cfg)
+    weights = model.state_dict()
+    path = tmp_path / "m.pth"
+    ckpt.save_checkpoint(
+        path, {"model": weights, "config": {"model": to_dict(cfg)}, "class_names": ["a", "b"]}
+    )
+    loaded = ckpt.load_model(path)
+    assert not loaded.training and list(loaded.class_names) == ["a", "b"]
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+
+    three = to_dict(_small_model_config(["a", "b", "c"]))
+    bad = tmp_path / "bad.pth"
+    ckpt.save_checkpoint(
+        bad, {"model": weights, "config": {"model": three}, "class_names": ["a", "b", "c"]}
+    )
+    with pytest.raises(CheckpointError, match=f"weights in {bad} do not fit the model: .*shape"):
+        ckpt.load_model(bad)
+    renamed = tmp_path / "renamed.pth"
+    ckpt.save_checkpoint(
+        renamed, {"model": weights, "config": {"model": to_dict(cfg)}, "class_names": ["x", "y"]}
+    )
+    with pytest.raises(CheckpointError, match=r"class names \['x', 'y'\] do not match"):
+        ckpt.load_model(renamed)
+    odd = tmp_path / "odd.pth"
+    config = {"model": {**to_dict(cfg), "wings": 2}}
+    ckpt.save_checkpoint(odd, {"model": weights, "config": config, "class_names": ["a", "b"]})
+    with pytest.raises(
+        CheckpointError, match="its model config does not fit .*unknown key 'wings'"
+    ):
+        ckpt.load_model(odd)
