@@ -132,6 +132,6 @@ def test_load_model_rebuilds_from_the_config_and_rejects_mismatches(tmp_path):
     config = {"model": {**to_dict(cfg), "wings": 2}}
     ckpt.save_checkpoint(odd, {"model": weights, "config": config, "class_names": ["a", "b"]})
     with pytest.raises(
-        CheckpointError, match="its model config does not fit .*unknown key 'wings'"
+        CheckpointError, match=r"its model config does not fit .*unknown key 'wings'"
     ):
         ckpt.load_model(odd)
