@@ -207,8 +207,7 @@ def run(args: argparse.Namespace) -> int:
             du.barrier()
         run_dir = Path(du.broadcast_object(str(run_dir)))  # one folder, whatever the clocks say
         if spawn:
-            du.spawn_workers(_spawned, len(gpus), args=(cfg, gpus, str(run_dir)))
-            return 0
+            return _spawn(cfg, gpus, run_dir)
         result = runner.run_process(cfg, ctx, run_dir, datasets=datasets, resume_state=state)
         if is_main:
             _print_summary(runner.finish(cfg, run_dir, result, datasets), start)
@@ -244,6 +243,25 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
             f"--output {run_dir} already holds a run (last.pth); continue it with --resume "
             f"{run_dir} or choose another folder"
         )
+
+
+def _spawn(cfg: TrainConfig, gpus: list[int], run_dir: Path) -> int:
+    """One process per GPU; a failed process is a one-line error (its own message came first)."""
+    import torch.multiprocessing as mp
+
+    from rcnn.engine import distributed as du
+
+    try:
+        du.spawn_workers(_spawned, len(gpus), args=(cfg, gpus, str(run_dir)))
+    except mp.ProcessExitedException as error:
+        raise UserError(
+            f"training process {error.error_index} exited with code {error.exit_code} "
+            "(its message is above)"
+        ) from None
+    except mp.ProcessRaisedException as error:
+        last = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
+        raise UserError(f"a training process failed: {last}") from None
+    return 0
 
 
 def _spawned(local_rank: int, cfg: TrainConfig, gpus: list[int], run_dir: str) -> None:
