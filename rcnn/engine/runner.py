@@ -83,7 +83,10 @@ def _dataset_options(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def set_classes(cfg: TrainConfig, datasets: Datasets, resume_state: dict | None) -> None:
-    """The model's classes come from the dataset; they must match a resumed checkpoint's."""
+    """Classes from the dataset into the model config, checked against the data and checkpoint.
+
+    The classes must match a resumed checkpoint's, and a mask model needs masks in the data.
+    """
     names = tuple(datasets.train.class_names)
     if tuple(datasets.val.class_names) != names:
         raise UserError(
@@ -94,6 +97,11 @@ def set_classes(cfg: TrainConfig, datasets: Datasets, resume_state: dict | None)
         raise UserError(
             f"the classes of dataset {cfg.dataset} {list(names)} do not match the checkpoint's "
             f"{list(resume_state['class_names'])}"
+        )
+    if cfg.model.mask_on and not datasets.train.has_masks:
+        raise UserError(
+            f"network {cfg.network} predicts masks but dataset {cfg.dataset} has no masks; "
+            "use a faster_rcnn network or --set model.mask_on=false"
         )
     cfg.model.classes = names
 

@@ -184,3 +184,9 @@ def test_shapes_run_end_to_end_and_sigkill_resume(capsys, tmp_path):
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if r["type"] == "train"] == [1, 2, 3, 4]
+
+
+def test_mask_network_on_box_only_data(capsys):
+    raccoon = str((DATA / "raccoon").resolve())
+    line = _error(capsys, ["--network", "mask_rcnn_fpn_resnet18_v1b_coco", "--dataset", raccoon])
+    assert f"predicts masks but dataset {raccoon} has no masks" in line
