@@ -13,7 +13,8 @@ from torchvision.ops import batched_nms
 
 from rcnn.models.box_head import BoxPredictor, box_losses, build_box_head
 from rcnn.models.config import BoxHeadConfig, MaskHeadConfig
-from rcnn.models.mask_head import MaskHead, mask_loss
+from rcnn.models.edge_loss import mask_losses
+from rcnn.models.mask_head import MaskHead
 from rcnn.ops.boxes import BoxCoder, clip_boxes, nonempty, remove_small
 from rcnn.ops.masks import mask_targets
 from rcnn.ops.matching import BalancedSampler, Matcher, match_labels
@@ -72,6 +73,8 @@ def postprocess_boxes(
     labels = torch.arange(num_classes, device=boxes.device).expand_as(scores)
     boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
     keep = torch.where(scores > cfg.score_thresh)[0]
+    if 0 < cfg.nms_topk < len(keep):  # GluonCV's nms_topk: the best pairs enter NMS
+        keep = keep[scores[keep].topk(cfg.nms_topk).indices]
     keep = keep[remove_small(boxes[keep], 1e-2)]
     nms_keep = batched_nms(boxes[keep], scores[keep], labels[keep], cfg.nms_thresh)
     limit = None if cfg.detections_per_img < 0 else cfg.detections_per_img  # -1: keep all
@@ -141,13 +144,17 @@ class RoIHeads(nn.Module):
             "rcnn_box_weights": (gt_classes > 0)[:, None].expand_as(box_targets).float(),
         }
         if self.mask_head is not None:
-            loss, mask_targets_ = self.mask_train(features, samples, targets)
-            losses["loss_mask"] = loss
+            mask_losses_, mask_targets_ = self.mask_train(features, samples, targets)
+            losses.update(mask_losses_)
             intermediates["mask_targets"] = mask_targets_
         return losses, intermediates
 
-    def mask_train(self, features, samples, targets) -> tuple[Tensor, Tensor]:
-        """Mask loss on positive RoIs; targets cropped from each instance's polygons / RLE."""
+    def mask_features(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
+        """Input of the mask head for ``boxes`` (one [R_i, 4] per image): RoIAlign (C4: + res5)."""
+        return self.mask_pool(features, boxes)
+
+    def mask_train(self, features, samples, targets) -> tuple[dict[str, Tensor], Tensor]:
+        """Mask losses on positive RoIs; targets cropped from each instance's polygons / RLE."""
         size = 2 * self.mask_cfg.pooler_resolution
         pos_rois, classes, mask_tgts = [], [], []
         for rois, gt_classes, matched, target in zip(
@@ -162,9 +169,11 @@ class RoIHeads(nn.Module):
                 )
             gt_masks = target.masks if target.masks is not None else []
             mask_tgts.append(mask_targets(gt_masks, matched[pos], rois[pos], size))
-        logits = self.mask_head(self.mask_pool(features, pos_rois))
+        logits = self.mask_head(self.mask_features(features, pos_rois))
         mask_tgts = torch.cat(mask_tgts)
-        return mask_loss(logits, torch.cat(classes), mask_tgts), mask_tgts
+        edge_weight = self.mask_cfg.edge_loss_weight
+        losses = mask_losses(logits, torch.cat(classes), mask_tgts, edge_weight=edge_weight)
+        return losses, mask_tgts
 
     @torch.no_grad()
     def forward_test(self, features, proposals, image_sizes) -> list[dict[str, Tensor]]:
@@ -180,7 +189,7 @@ class RoIHeads(nn.Module):
             det_boxes, scores, labels = postprocess_boxes(logits, boxes, size, self.box_cfg)
             results.append({"boxes": det_boxes, "scores": scores, "labels": labels})
         if self.mask_head is not None:
-            logits = self.mask_head(self.mask_pool(features, [r["boxes"] for r in results]))
+            logits = self.mask_head(self.mask_features(features, [r["boxes"] for r in results]))
             labels = torch.cat([r["labels"] for r in results])
             probs = logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
             for result, mask_probs in zip(
