@@ -71,8 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  rcnn train --dataset my/coco.json --set model.rpn.nms_thresh=0.6 --amp\n"
         "  torchrun --nproc_per_node 4 -m rcnn.cli train --gpus 0,1,2,3 ...  # multi-node too"
     )
+    aliases = {"--num-workers": ["-j"]}  # GluonCV's short form
     for flag, key, help_text in FLAGS:
-        parser.add_argument(flag, dest=key, default=None, metavar=key.upper(), help=help_text)
+        names = [*aliases.get(flag, []), flag]
+        parser.add_argument(*names, dest=key, default=None, metavar=key.upper(), help=help_text)
     parser.add_argument("-c", "--config", default=None, help="yaml file of config keys")
     parser.add_argument(
         "--set",
