@@ -37,10 +37,10 @@ FLAGS = [
     ("--data-root", "data_root", "folder of coco/voc (or where shapes is generated)"),
     ("--output", "output", "run folder (default runs/<network>_<dataset>_<time>/)"),
     ("--gpus", "gpus", "GPU ids, e.g. 0,1,2,3 (one DDP process each); empty: CPU"),
-    ("--batch-size", "batch_size", "images per iteration over all processes"),
+    ("--batch-size", "batch_size", "images per iteration over all processes (lr scales along)"),
     ("--epochs", "epochs", "training length in epochs (may be fractional)"),
     ("--max-iters", "max_iters", "training length in iterations (overrides --epochs)"),
-    ("--lr", "lr", "base learning rate (of the whole --batch-size)"),
+    ("--lr", "lr", "base learning rate (default: the recipe's, scaled to --batch-size)"),
     ("--lr-decay", "lr_decay", "step decay factor"),
     ("--lr-decay-epoch", "lr_decay_epoch", "epochs of the step decays, e.g. 17,23"),
     ("--lr-warmup", "lr_warmup", "linear warmup iterations (0: none)"),
@@ -130,12 +130,29 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
     else:
         cfg = _from_preset(_network(args, file_data))
     apply_dict(cfg, {k: v for k, v in file_data.items() if k != "network" or not args.resume})
+    recipe_batch, recipe_lr = cfg.batch_size, cfg.lr
     apply_overrides(cfg, explicit + list(args.overrides))
+    given = {item.partition("=")[0].strip() for item in explicit + list(args.overrides)}
+    if state is None and "lr" not in given and "lr" not in file_data:
+        _scale_lr(cfg, recipe_batch, recipe_lr)
     if state is not None:
         _check_resume_config(state, cfg, args.resume)
         cfg.resume = str(args.resume)
     cfg.validate()
     return cfg, state
+
+
+def _scale_lr(cfg: TrainConfig, recipe_batch: int, recipe_lr: float) -> None:
+    """Linear scaling rule (GluonCV: ``lr = 0.00125 * batch_size`` unless --lr is given)."""
+    if cfg.batch_size != recipe_batch:
+        cfg.lr = recipe_lr * cfg.batch_size / recipe_batch
+        logger.info(
+            "lr %.4g (the recipe's %.4g at batch size %d, scaled to %d)",
+            cfg.lr,
+            recipe_lr,
+            recipe_batch,
+            cfg.batch_size,
+        )
 
 
 def _network(args: argparse.Namespace, file_data: dict) -> str:

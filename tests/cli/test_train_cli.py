@@ -190,3 +190,20 @@ def test_mask_network_on_box_only_data(capsys):
     raccoon = str((DATA / "raccoon").resolve())
     line = _error(capsys, ["--network", "mask_rcnn_fpn_resnet18_v1b_coco", "--dataset", raccoon])
     assert f"predicts masks but dataset {raccoon} has no masks" in line
+
+
+def test_recipe_defaults_and_linear_lr_scaling():
+    from rcnn.zoo import get_preset
+
+    def resolve(*argv):
+        return resolve_config(build_parser().parse_args(["train", *argv]))[0]
+
+    name = "mask_rcnn_fpn_resnet50_v1b_coco"
+    recipe = get_preset(name).recipe
+    cfg = resolve("--network", name)
+    assert (cfg.lr, cfg.batch_size, cfg.epochs) == (recipe["lr"], recipe["batch_size"], 26.0)
+    assert cfg.lr_decay_epoch == [17.0, 23.0] and cfg.lr_warmup_factor == pytest.approx(1 / 3)
+    half = resolve("--network", name, "--batch-size", str(recipe["batch_size"] // 2))
+    assert half.lr == pytest.approx(recipe["lr"] / 2)  # GluonCV: 0.00125 x batch size
+    fixed = resolve("--network", name, "--batch-size", "2", "--lr", "0.05")
+    assert fixed.lr == 0.05
