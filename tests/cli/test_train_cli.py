@@ -207,3 +207,14 @@ def test_recipe_defaults_and_linear_lr_scaling():
     assert half.lr == pytest.approx(recipe["lr"] / 2)  # GluonCV: 0.00125 x batch size
     fixed = resolve("--network", name, "--batch-size", "2", "--lr", "0.05")
     assert fixed.lr == 0.05
+
+
+def test_config_file_then_flags_then_set(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("network: mask_rcnn_fpn_resnet18_v1b_coco\nlr: 0.3\nwd: 0.001\n"
+                    "model:\n  rpn:\n    nms_thresh: 0.6\n")  # fmt: skip
+    args = ["train", "-c", str(path), "--wd", "0.002", "--set", "wd=0.003", "--epochs", "2"]
+    cfg, state = resolve_config(build_parser().parse_args(args))
+    assert state is None and cfg.network == "mask_rcnn_fpn_resnet18_v1b_coco"
+    assert (cfg.lr, cfg.wd, cfg.epochs) == (0.3, 0.003, 2.0)
+    assert cfg.model.rpn.nms_thresh == 0.6 and cfg.model.backbone.name == "resnet18"
