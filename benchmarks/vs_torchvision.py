@@ -1,0 +1,318 @@
+"""Side-by-side speed of our R50-FPN Faster / Mask R-CNN and torchvision's, same weights and images.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.vs_torchvision                       # both archs, both sizes
+    .venv/bin/python -m benchmarks.vs_torchvision --archs mask --sizes 480x640 --repeats 3
+    .venv/bin/python -m benchmarks.vs_torchvision --json results.json
+
+Per (arch, size): torchvision's builder with seeded random weights (BN statistics from one batch,
+then FrozenBN, stem + layer1 frozen: a real fine-tune), ours from its state dict via
+``load_torchvision``. Both run ALTERNATELY in one process on the same real images (fruits_nuts
+photos stretched to the size), so machine noise hits both: inference (batch 1, score threshold 0,
+100 detections, checked identical) and a training step (batch 2, SGD). Reported: median (min-max)
+seconds, ratio torchvision / ours, FLOPs (``torch.utils.flop_counter``), our achieved fraction of
+the measured matmul peak, and peak memory. Peak memory on CPU is the peak RSS
+(``resource.getrusage(...).ru_maxrss``) of a fresh child process per model that builds it, counts
+FLOPs of one inference and one training step, and runs one more training step: torch's CPU
+allocations are invisible to tracemalloc, and one process cannot tell two models' peaks apart.
+On a GPU: AMP (bfloat16 autocast) for both, ours channels-last, images/s, and
+``torch.cuda.max_memory_allocated`` per model instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import bench_setup as bs
+
+
+def device_kind() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
+    """Median GFLOP/s of fp32 ``torch.mm`` on n x n matrices (2 n^3 FLOPs each)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    times = []
+    for _ in range(reps + 2):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times[2:]) / 1e9
+
+
+class Runner:
+    """One model's inference and training step in the benchmark's harness."""
+
+    def __init__(self, name: str, model, arch: str, samples: list, device: torch.device):
+        self.name, self.model, self.arch, self.device = name, model.to(device), arch, device
+        self.samples = samples
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=0.0025, momentum=0.9, weight_decay=1e-4)
+
+    def infer(self):
+        self.model.eval()
+        sample = self.samples[0]
+        with torch.inference_mode(), autocast(self.device):
+            if self.name == "torchvision":
+                return self.model([sample.image_float.to(self.device)])[0]
+            return self.model([sample.image])[0]
+
+    def train_step(self) -> float:
+        self.model.train()
+        with autocast(self.device):
+            if self.name == "torchvision":
+                images = [s.image_float.to(self.device) for s in self.samples]
+                targets = [
+                    {k: v.to(self.device) for k, v in bs.target_for(s, self.arch).items()}
+                    for s in self.samples
+                ]
+                losses = self.model(images, targets)
+            else:
+                losses = self.model([s.image for s in self.samples], [s.ours for s in self.samples])
+            loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def timed(self, what: str) -> float:
+        sync(self.device)
+        start = time.perf_counter()
+        getattr(self, what)()
+        sync(self.device)
+        return time.perf_counter() - start
+
+
+def build_pair(arch: str, size: tuple[int, int], device: torch.device, optimize: bool):
+    """(samples, torchvision model, our model) from the same seeded, calibrated weights."""
+    samples = bs.load_samples(size)
+    theirs = bs.build_torchvision(arch, samples, size)
+    ours = bs.build_ours(arch, theirs, size)
+    if optimize:
+        ours = optimize_ours(ours, device)
+    return samples, theirs, ours
+
+
+def optimize_ours(model, device: torch.device):
+    """Our speed options (``rcnn.models.fast``), when that module exists."""
+    try:
+        from rcnn.models.fast import optimize
+    except ImportError:
+        return model
+    return optimize(model, channels_last=True)
+
+
+def alternate(runners: list[Runner], what: str, repeats: int) -> dict[str, list[float]]:
+    """One untimed warm-up each, then ``repeats`` rounds running each runner once in turn."""
+    for runner in runners:
+        runner.timed(what)
+    times = {r.name: [] for r in runners}
+    for _ in range(repeats):
+        for runner in runners:
+            times[runner.name].append(runner.timed(what))
+            gc.collect()
+    return times
+
+
+def count_flops(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def child_main(spec: str) -> None:
+    """Peak RSS and FLOPs of one model in a fresh process: ``arch,HxW,impl,state_dict_path``."""
+    arch, size_text, impl, path, optimize = spec.split(",")
+    size = parse_size(size_text)
+    device = torch.device("cpu")
+    samples = bs.load_samples(size)
+    state = torch.load(path, weights_only=True)
+    if impl == "torchvision":
+        model = bs.load_torchvision_model(arch, state, size)
+    else:
+        model = bs.build_ours_from_state(arch, state, size)
+        if optimize == "1":
+            model = optimize_ours(model, device)
+    del state
+    runner = Runner(impl, model, arch, samples, device)
+    flops_infer = count_flops(runner.infer)
+    flops_train = count_flops(runner.train_step)
+    runner.train_step()
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({"flops_infer": flops_infer, "flops_train": flops_train, "peak_gb": peak_gb}))
+
+
+def memory_and_flops(arch, size, theirs, optimize: bool) -> dict[str, dict]:
+    """Run ``child_main`` for torchvision's model and ours, one after the other."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "state.pt")
+        torch.save(theirs.state_dict(), path)
+        for impl in ("torchvision", "ours"):
+            spec = f"{arch},{size[0]}x{size[1]},{impl},{path},{int(optimize)}"
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.vs_torchvision", "--child", spec],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory child {spec} failed:\n{proc.stderr[-3000:]}")
+            out[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    height, width = text.lower().split("x")
+    return int(height), int(width)
+
+
+def summary(times: list[float]) -> dict:
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "all": times}
+
+
+def bench_one(arch: str, size: tuple[int, int], args, device: torch.device, peak: float) -> dict:
+    """All numbers of one (arch, size) row pair (inference and training)."""
+    samples, theirs, ours = build_pair(arch, size, device, not args.plain)
+    row = {"arch": bs.ARCHS[arch], "size": f"{size[0]}x{size[1]}", "device": device.type}
+    row["load_before"] = os.getloadavg()
+    if device.type == "cpu" and not args.no_memory:
+        row["children"] = memory_and_flops(arch, size, theirs, not args.plain)
+    runners = [
+        Runner("torchvision", theirs, arch, samples, device),
+        Runner("ours", ours, arch, samples, device),
+    ]
+    t_out, o_out = runners[0].infer(), runners[1].infer()
+    row["detections"] = len(o_out)
+    row["same_outputs"] = bs.same_detections(
+        {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in t_out.items()},
+        o_out.to("cpu") if hasattr(o_out, "to") else o_out,
+        size,
+    )
+    row["infer"] = {k: summary(v) for k, v in alternate(runners, "infer", args.repeats).items()}
+    if not args.no_train:
+        row["train"] = {
+            k: summary(v) for k, v in alternate(runners, "train_step", args.repeats).items()
+        }
+    if device.type == "cuda":
+        row["gpu_peak_gb"] = {}
+        for runner in runners:
+            torch.cuda.reset_peak_memory_stats(device)
+            runner.timed("train_step")
+            row["gpu_peak_gb"][runner.name] = torch.cuda.max_memory_allocated(device) / 2**30
+    row["load_after"] = os.getloadavg()
+    row["matmul_peak_gflops"] = peak
+    return row
+
+
+def fmt(s: dict) -> str:
+    return f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
+
+
+def table(rows: list[dict], images: dict[str, int]) -> str:
+    """Markdown table of ``rows`` (one line per arch, size and mode)."""
+    head = (
+        "| model | size | mode | torchvision s | ours s | tv / ours | GFLOPs | ours % of peak "
+        "| peak mem GB tv / ours | same outputs | load before-after |"
+    )
+    lines = [head, "|" + " --- |" * 11]
+    for row in rows:
+        for mode in ("infer", "train"):
+            if mode not in row:
+                continue
+            tv, us = row[mode]["torchvision"], row[mode]["ours"]
+            ratio = tv["median"] / us["median"]
+            child = row.get("children", {})
+            gflops = child.get("ours", {}).get(f"flops_{mode}")
+            flop_txt = f"{gflops:.0f}" if gflops else "-"
+            frac = (
+                f"{100 * gflops / us['median'] / row['matmul_peak_gflops']:.0f}%" if gflops else "-"
+            )
+            if "gpu_peak_gb" in row:
+                mem = "{torchvision:.1f} / {ours:.1f}".format(**row["gpu_peak_gb"])
+            elif child:
+                mem = f"{child['torchvision']['peak_gb']:.1f} / {child['ours']['peak_gb']:.1f}"
+            else:
+                mem = "-"
+            timing = f"{fmt(tv)} | {fmt(us)}"
+            if row["device"] == "cuda":
+                n = images[mode]
+                timing = f"{n / tv['median']:.1f} img/s | {n / us['median']:.1f} img/s"
+            same = row["same_outputs"] if mode == "infer" else "-"
+            load = f"{row['load_before'][0]:.1f}-{row['load_after'][0]:.1f}"
+            lines.append(
+                f"| {row['arch']} | {row['size']} | {mode} | {timing} | {ratio:.2f}x | "
+                f"{flop_txt} | {frac} | {mem} | {same} | {load} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archs", default="mask,faster", help="comma list of mask, faster")
+    parser.add_argument("--sizes", default="480x640,800x1066", help="comma list of HxW")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per model and mode")
+    parser.add_argument("--no-train", action="store_true", help="inference only")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS/FLOP children")
+    parser.add_argument("--plain", action="store_true", help="ours without speed options")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child_main(args.child)
+        return
+    device = device_kind()
+    peak = matmul_peak(device)
+    header = (
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"device {device.type}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f"; fp32 matmul peak {peak:.0f} GFLOP/s"
+    )
+    print(header, flush=True)
+    rows = []
+    for arch in args.archs.split(","):
+        for size_text in args.sizes.split(","):
+            rows.append(bench_one(arch, parse_size(size_text), args, device, peak))
+            print(table(rows[-1:], {"infer": 1, "train": 2}).splitlines()[-1], flush=True)
+    print()
+    print(header)
+    print(table(rows, {"infer": 1, "train": 2}))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"header": header, "rows": rows}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
