@@ -9,7 +9,9 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align, roi_pool
+from torchvision.ops import roi_pool
+
+from rcnn.ops.roi_align import roi_align
 
 
 def assign_fpn_levels(
