@@ -40,7 +40,50 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
             logger.warning("--amp: this CPU has no native bf16; training in float32")
             return None
         logger.warning("--amp bf16: this CPU has no native bf16; autocast will be slow")
+    register_cpu_autocast_ops()
     return torch.bfloat16
+
+
+_CPU_AUTOCAST_LIBRARY: list = []  # the registration lives as long as the process (once)
+
+
+def register_cpu_autocast_ops() -> None:
+    """Run torchvision's RoIAlign / RoIPool / NMS in float32 under CPU autocast.
+
+    Their CPU kernels have no bf16 version; torchvision registers float32 autocast wrappers for
+    CUDA only (``torchvision/csrc/ops/autocast/*``). These are the same wrappers for
+    ``AutocastCPU``: inputs cast to float32, outputs cast back to the input's dtype (boxes and
+    indices of NMS unchanged). Idempotent.
+    """
+    if _CPU_AUTOCAST_LIBRARY:
+        return
+    import torchvision  # noqa: F401  (loads the torchvision:: operators)
+
+    library = torch.library.Library("torchvision", "IMPL")
+    library.impl(
+        "roi_align", _float32(torch.ops.torchvision.roi_align, cast_back=True), "AutocastCPU"
+    )
+    library.impl(
+        "roi_pool", _float32(torch.ops.torchvision.roi_pool, cast_back=True), "AutocastCPU"
+    )
+    library.impl("nms", _float32(torch.ops.torchvision.nms, cast_back=False), "AutocastCPU")
+    _CPU_AUTOCAST_LIBRARY.append(library)
+
+
+def _float32(op, *, cast_back: bool):
+    def wrapper(*args):
+        dtype = args[0].dtype
+        floats = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        exclude = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+        with torch._C._ExcludeDispatchKeyGuard(exclude):
+            out = op(*floats)
+        if not cast_back:
+            return out
+        if isinstance(out, tuple):  # roi_pool returns (output, argmax)
+            return (out[0].to(dtype), *out[1:])
+        return out.to(dtype)
+
+    return wrapper
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -227,10 +227,7 @@ class _Loop:
             num_images += len(images) * self.ctx.world_size
             sync = micro == accumulate - 1 or not self.ctx.distributed
             with self.ddp.no_sync() if not sync else contextlib.nullcontext():
-                with autocast(self.ctx.device, self.amp_dtype):
-                    outputs = self.ddp(
-                        _to_device(images, self.ctx.device), _targets_to(targets, self.ctx.device)
-                    )
+                outputs = self._forward(images, targets)
                 loss_terms = {k: v for k, v in outputs.items() if k.startswith("loss_")}
                 total = sum(loss_terms.values())
                 if du.any_true(not bool(torch.isfinite(total)), self.ctx.device):
@@ -248,6 +245,20 @@ class _Loop:
         reduced = du.all_reduce_mean(sums)
         reduced["loss"] = sum((v for k, v in reduced.items() if k.startswith("loss_")), 0.0)
         return {k: float(v) for k, v in reduced.items()}, num_images
+
+    def _forward(self, images: list, targets: list) -> dict[str, torch.Tensor]:
+        device = self.ctx.device
+        try:
+            with autocast(device, self.amp_dtype):
+                return self.ddp(_to_device(images, device), _targets_to(targets, device))
+        except RuntimeError as error:
+            if self.amp_dtype is None or "not implemented for" not in str(error):
+                raise
+            kernel = str(error).strip().splitlines()[-1][-120:]
+            raise UserError(
+                f"--amp {self.cfg.amp}: an operator of the model has no {self.amp_dtype} kernel "
+                f"on {device.type} ({kernel}); train without --amp"
+            ) from None
 
     def _stop_non_finite(self, terms: dict[str, torch.Tensor], targets: list, rng: dict) -> None:
         ids = [getattr(t, "image_id", None) for t in targets]

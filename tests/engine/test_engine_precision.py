@@ -61,3 +61,21 @@ def test_gpu_ids_are_checked_before_any_work():
         parse_gpus("zero")
     with pytest.raises(UserError, match="must be distinct"):
         parse_gpus("0,0")
+
+
+def test_cpu_autocast_runs_roi_align_and_nms_in_float32():
+    from torchvision.ops import nms, roi_align
+
+    precision.register_cpu_autocast_ops()
+    precision.register_cpu_autocast_ops()  # idempotent
+    torch.manual_seed(0)
+    feature = torch.randn(1, 2, 8, 8)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 5.0], [0.0, 0.0, 2.0, 7.0, 7.0]])
+    expected = roi_align(feature, rois, (3, 3), 1.0, 2, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(feature.bfloat16(), rois, (3, 3), 1.0, 2, True)
+        keep = nms(rois[:, 1:].bfloat16(), torch.tensor([0.9, 0.8]).bfloat16(), 0.5)
+    assert out.dtype == torch.bfloat16
+    # the kernel ran in float32 on the bf16-rounded input: equal up to bf16 rounding
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.02)
+    assert keep.tolist() == nms(rois[:, 1:], torch.tensor([0.9, 0.8]), 0.5).tolist()
