@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rcnn.errors import UserError
-from rcnn.models.config import ModelConfig
+from rcnn.models.config import DEFAULT_BOX_CLIP, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,33 @@ GLUONCV_COCO_RECIPE = {
     "wd": 1e-4,
     "momentum": 0.9,
     "batch_size": 8,
+}
+
+
+# scripts/detection/faster_rcnn/train_faster_rcnn.py, derived defaults (features.md 1.1):
+# --batch-size 1; VOC: 20 epochs, lr 0.001, steps 14/20, no warmup, wd 5e-4; COCO: 26 epochs,
+# lr 0.00125, steps 17/23, 1000 warmup iterations from 1/3, wd 1e-4.
+GLUONCV_FASTER_VOC_RECIPE = {
+    "epochs": 20,
+    "lr": 0.001,
+    "lr_decay": 0.1,
+    "lr_decay_epoch": (14, 20),
+    "lr_warmup": 0,
+    "lr_warmup_factor": 1.0 / 3,
+    "wd": 5e-4,
+    "momentum": 0.9,
+    "batch_size": 1,
+}
+GLUONCV_FASTER_COCO_RECIPE = {
+    "epochs": 26,
+    "lr": 0.00125,
+    "lr_decay": 0.1,
+    "lr_decay_epoch": (17, 23),
+    "lr_warmup": 1000,
+    "lr_warmup_factor": 1.0 / 3,
+    "wd": 1e-4,
+    "momentum": 0.9,
+    "batch_size": 1,
 }
 
 
@@ -105,6 +132,41 @@ def _gluoncv_fpn(backbone: str, *, mask: bool) -> ModelConfig:
     return cfg
 
 
+def _gluoncv_c4(backbone: str, *, mask: bool, voc: bool = False) -> ModelConfig:
+    """GluonCV's C4 models (``FasterRCNN`` / ``MaskRCNN`` defaults + model_zoo.py; features.md
+    sections 1.4-1.5): RPN and RoIAlign 14x14 on res4, res5 + global average pooling as box head.
+
+    Args:
+        backbone: ``resnet18_v1b`` / ``resnet50_v1b`` (torchvision's ResNet) or ``resnet101_v1d``.
+    """
+    cfg = ModelConfig(arch="c4", classes=COCO_CLASSES, mask_on=mask)
+    cfg.backbone.name, _, variant = backbone.partition("_")
+    cfg.backbone.stem = "v1d" if variant == "v1d" else "torchvision"
+    short, cfg.input.max_size = (600, 1000) if voc else (800, 1333)
+    cfg.input.train_short, cfg.input.test_short = (short,), short
+    cfg.anchors.style = "gluoncv"  # base 16, scales (2..32), ratios (.5,1,2): 15 per location
+    rpn = cfg.rpn
+    rpn.channels = 1024
+    rpn.pre_nms_topk, rpn.post_nms_topk = (12000, 6000), (2000, 300 if voc else 1000)
+    rpn.min_size = 16.0 if voc else 1.0
+    rpn.allowed_border = 0.0  # RPNTargetGenerator ignores anchors crossing the image border
+    # deviation from gluoncv: the VOC models decode without a clip (clip=None); we keep
+    # log(1000/16) so that exp() cannot overflow
+    rpn.box_clip = DEFAULT_BOX_CLIP if voc else (4.42 if mask else 4.14)
+    box = cfg.box_head
+    box.kind, box.pooler_resolution, box.sampling_ratio = "res5", 14, 2
+    box.batch_size_per_image = 256 if cfg.backbone.name == "resnet18" else 128
+    box.box_clip = rpn.box_clip
+    box.smooth_l1_beta = 1.0  # --rcnn-smoothl1-rho 1.0
+    box.score_thresh = 0.01  # MultiPerClassDecoder's default thresh
+    box.nms_thresh, box.nms_topk = (0.3, 400) if voc else (0.5, -1)
+    box.detections_per_img = 100 if voc else (1000 if mask else -1)  # post_nms / rcnn_max_dets
+    if mask:  # Mask(num_fcn_convs=0, mask_channels=256): deconv on res5's 7x7 -> 14x14 masks
+        cfg.mask_head.num_conv, cfg.mask_head.conv_dim = 0, 256
+        cfg.mask_head.pooler_resolution = 14
+    return cfg
+
+
 PRESETS: dict[str, tuple[Callable[[], ModelConfig], dict]] = {
     "fasterrcnn_resnet50_fpn": (lambda: _torchvision(v2=False, mask=False), TORCHVISION_RECIPE),
     "fasterrcnn_resnet50_fpn_v2": (lambda: _torchvision(v2=True, mask=False), TORCHVISION_RECIPE),
@@ -125,6 +187,34 @@ PRESETS: dict[str, tuple[Callable[[], ModelConfig], dict]] = {
     # deviation from gluoncv: torchvision's ResNet-101 body (7x7 stem) instead of v1d's deep stem
     "mask_rcnn_fpn_resnet101_v1d_coco": (
         lambda: _gluoncv_fpn("resnet101", mask=True),
+        GLUONCV_COCO_RECIPE,
+    ),
+    "faster_rcnn_resnet50_v1b_voc": (
+        lambda: _gluoncv_c4("resnet50_v1b", mask=False, voc=True),
+        GLUONCV_FASTER_VOC_RECIPE,
+    ),
+    "faster_rcnn_resnet101_v1d_voc": (
+        lambda: _gluoncv_c4("resnet101_v1d", mask=False, voc=True),
+        GLUONCV_FASTER_VOC_RECIPE,
+    ),
+    "faster_rcnn_resnet50_v1b_coco": (
+        lambda: _gluoncv_c4("resnet50_v1b", mask=False),
+        GLUONCV_FASTER_COCO_RECIPE,
+    ),
+    "faster_rcnn_resnet101_v1d_coco": (
+        lambda: _gluoncv_c4("resnet101_v1d", mask=False),
+        GLUONCV_FASTER_COCO_RECIPE,
+    ),
+    "mask_rcnn_resnet18_v1b_coco": (
+        lambda: _gluoncv_c4("resnet18_v1b", mask=True),
+        GLUONCV_COCO_RECIPE,
+    ),
+    "mask_rcnn_resnet50_v1b_coco": (
+        lambda: _gluoncv_c4("resnet50_v1b", mask=True),
+        GLUONCV_COCO_RECIPE,
+    ),
+    "mask_rcnn_resnet101_v1d_coco": (
+        lambda: _gluoncv_c4("resnet101_v1d", mask=True),
         GLUONCV_COCO_RECIPE,
     ),
 }
@@ -163,6 +253,7 @@ def get_model(name: str, *, pretrained=None, pretrained_base: bool = True, class
         classes: class names (default: the preset's dataset classes).
     """
     from rcnn.models.build import build_model
+    from rcnn.models.reset_class import pretrained_classes
     from rcnn.weights import load_state_dict_checked, read_state_dict
     from rcnn.weights import torchvision as tv
 
@@ -174,10 +265,15 @@ def get_model(name: str, *, pretrained=None, pretrained_base: bool = True, class
             "(a state dict or checkpoint you downloaded yourself)"
         )
     cfg.backbone.pretrained_base = bool(pretrained_base) and not pretrained
+    if pretrained:  # build with the file's classes, then keep those whose names carry over
+        state_dict = read_state_dict(pretrained)
+        trained = pretrained_classes(pretrained, state_dict, default_classes(name, cfg))
+        wanted, cfg.classes = (cfg.classes if classes is not None else trained), trained
     model = build_model(cfg)
     if pretrained:
-        state_dict = read_state_dict(pretrained)
         if "rpn.head.cls_logits.weight" in state_dict:  # torchvision's naming
             state_dict = tv.convert_state_dict(state_dict, set(model.state_dict()))
         load_state_dict_checked(model, state_dict, source=os.fspath(pretrained))
+        if list(wanted) != model.class_names:
+            model.reset_class(wanted, reuse_weights=[c for c in wanted if c in trained])
     return model

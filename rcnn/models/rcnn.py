@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcnn.models.config import ModelConfig
+from rcnn.models.reset_class import reset_class
 from rcnn.ops.masks import paste_masks
 from rcnn.structures import Detections, ImageBatch, Targets
 
@@ -68,6 +69,12 @@ class RCNN(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def reset_class(self, classes, reuse_weights=None) -> RCNN:
+        """New class predictors for ``classes``, keeping the rows of ``reuse_weights`` (a dict
+        new -> old by name or index, or a list of names) and the background row: GluonCV's
+        ``reset_class`` (``rcnn/models/reset_class.py``)."""
+        return reset_class(self, classes, reuse_weights)
 
     def forward(self, images: list[Tensor], targets: list[Targets] | None = None, **kwargs):
         if targets is not None:

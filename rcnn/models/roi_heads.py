@@ -181,7 +181,8 @@ class RoIHeads(nn.Module):
         rois = [p.boxes for p in proposals]
         cls_logits, box_deltas = self.box_forward(features, rois)
         counts = [len(r) for r in rois]
-        decoded = self.box_coder.decode(box_deltas, torch.cat(rois)).view(len(box_deltas), -1, 4)
+        decoded = self.box_coder.decode(box_deltas, torch.cat(rois))
+        decoded = decoded.view(len(box_deltas), box_deltas.shape[1] // 4, 4)  # R may be 0
         results = []
         for logits, boxes, size in zip(
             cls_logits.split(counts), decoded.split(counts), image_sizes, strict=True

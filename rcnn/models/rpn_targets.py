@@ -88,10 +88,11 @@ class RPNTargetGenerator:
         if self.allowed_border < 0:
             return match_labels(self.matcher, gt_boxes, gt_ignore, anchors)
         inside = torch.where(inside_image(anchors, image_size, self.allowed_border))[0]
-        matched_in, labels_in = match_labels(self.matcher, gt_boxes, gt_ignore, anchors[inside])
         matched = torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device)
         labels = torch.full_like(matched, -1)
-        matched[inside], labels[inside] = matched_in, labels_in
+        if len(inside):  # a tiny image may have no anchor inside: nothing to learn from
+            matched_in, labels_in = match_labels(self.matcher, gt_boxes, gt_ignore, anchors[inside])
+            matched[inside], labels[inside] = matched_in, labels_in
         return matched, labels
 
     def __call__(

@@ -144,6 +144,7 @@ def paste_masks(
         sl = slice(lo, lo + step)
         rows = _interp_weights(grown[sl, 1], box_h[sl], padded.shape[-2], height)
         cols = _interp_weights(grown[sl, 0], box_w[sl], padded.shape[-1], width)
-        pasted = torch.bmm(torch.bmm(rows, padded[sl]), cols.transpose(1, 2))
+        # columns first, then rows: the grouping of upsample_bilinear2d (exact ties at 0.5 agree)
+        pasted = torch.bmm(rows, torch.bmm(padded[sl], cols.transpose(1, 2)))
         out[sl] = pasted > threshold
     return out

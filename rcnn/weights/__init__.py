@@ -66,7 +66,7 @@ def load_state_dict_checked(
 
 
 def load_torchvision(name: str, state_dict_or_path, **kwargs):
-    """Our model for torchvision builder ``name`` with torchvision's weights (see weights.torchvision)."""
+    """Our model for torchvision builder ``name`` with its weights (rcnn.weights.torchvision)."""
     from rcnn.weights.torchvision import load_torchvision as _load
 
     return _load(name, state_dict_or_path, **kwargs)

@@ -88,7 +88,7 @@ def load_torchvision(
         state_dict_or_path: torchvision's ``model.state_dict()`` or a file holding it.
         classes: C class names (default ``class_1`` .. ``class_C``).
         norm_eps: frozen-BN epsilon; torchvision's own COCO_V1 weights of the v1 builders were
-            trained with 0.0 (torchvision calls ``overwrite_eps(model, 0.0)``), random or new ones 1e-5.
+            trained with 0.0 (torchvision calls ``overwrite_eps(model, 0.0)``); others 1e-5.
 
     Raises:
         CheckpointError: missing / unexpected keys or wrong shapes, all listed.

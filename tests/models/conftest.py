@@ -25,10 +25,10 @@ def read_image(path: Path, max_side: int | None = None) -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def real_images() -> list[torch.Tensor]:
-    """Two real photos of different sizes (fruits_nuts 800x600, a balloon photo downscaled)."""
+    """Two real photos of different sizes (fruits_nuts and balloon photos, downscaled)."""
     return [
-        read_image(DATA / "fruits_nuts" / "images" / "0.jpg"),
-        read_image(DATA / "balloon" / "val2017" / "14898532020_ba6199dd22_k.jpg", max_side=700),
+        read_image(DATA / "fruits_nuts" / "images" / "0.jpg", max_side=400),
+        read_image(DATA / "balloon" / "val2017" / "14898532020_ba6199dd22_k.jpg", max_side=330),
     ]
 
 

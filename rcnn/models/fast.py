@@ -1,0 +1,98 @@
+"""Speed options of a built model that keep its weights, state-dict keys and (within float
+rounding) its outputs: frozen BN folded into the preceding conv, channels-last memory format.
+
+``optimize(model)`` applies them in place; training, inference, saving and loading keep working
+(the state dict is unchanged, so checkpoints move freely between optimised and plain models).
+
+Shape shorthand: D_out / D_in conv output / input channels, k kernel side.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+
+class FoldedConv2d(nn.Conv2d):
+    """A conv followed by a frozen BN, computed as one conv with scaled weight and a bias.
+
+    ``bn(conv(x)) = conv(x) * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``, so the
+    conv runs with weight ``w * s`` and that bias: two elementwise passes over the activation
+    (and one in the backward) disappear. The BN keeps its buffers (and state-dict keys) but
+    becomes the identity (``FoldedFrozenBN``); the gradient of ``w`` flows through ``w * s``.
+    """
+
+    _folded_bn: FrozenBatchNorm2d
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """Weight [D_out, D_in, k, k] and bias [D_out] of the fused conv."""
+        bn = self._folded_bn
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        bias = bn.bias - bn.running_mean * scale
+        if self.bias is not None:
+            bias = bias + self.bias * scale
+        weight = self.weight * scale.reshape(-1, 1, 1, 1)
+        if self.weight.is_contiguous(memory_format=torch.channels_last):
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        return weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight, bias = self.folded()
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class FoldedFrozenBN(FrozenBatchNorm2d):
+    """A frozen BN whose affine map was folded into the conv before it: the identity."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def _conv_bn_pairs(module: nn.Module):
+    """(conv, frozen BN) pairs where the BN directly follows the conv in ``module``'s children.
+
+    Covers torchvision's ResNet (``conv1``/``bn1`` ... and ``downsample`` Sequentials) and
+    ``conv_norm`` Sequentials: children named ``convK``/``bnK``, or consecutive entries.
+    """
+    children = dict(module.named_children())
+    for name, child in children.items():
+        if type(child) is not FrozenBatchNorm2d:
+            continue
+        partner = children.get(name.replace("bn", "conv")) if name.startswith("bn") else None
+        if partner is None and name.isdigit():
+            partner = children.get(str(int(name) - 1))
+        if type(partner) is nn.Conv2d and partner.out_channels == child.weight.numel():
+            yield partner, child
+
+
+def fold_frozen_bn(model: nn.Module) -> int:
+    """Fold every frozen BN that follows a plain conv into it (in place); returns the count.
+
+    Only where the BN's input is the conv's output and nothing else reads that output (true of
+    ResNet bodies and ``conv_norm`` blocks, whose ``forward`` chains conv -> bn).
+    """
+    count = 0
+    for module in list(model.modules()):
+        for conv, bn in list(_conv_bn_pairs(module)):
+            conv.__class__ = FoldedConv2d
+            object.__setattr__(conv, "_folded_bn", bn)  # a reference, not a submodule
+            bn.__class__ = FoldedFrozenBN
+            count += 1
+    return count
+
+
+def optimize(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True) -> nn.Module:
+    """Apply the speed options to ``model`` in place and return it.
+
+    Args:
+        fold_bn: ``fold_frozen_bn`` (frozen BN only; trainable BN is left alone).
+        channels_last: conv weights in channels-last memory format, so every conv (oneDNN on
+            CPU, cuDNN on GPU) runs and returns NHWC; ops that need NCHW copy their input.
+    """
+    if fold_bn:
+        fold_frozen_bn(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
