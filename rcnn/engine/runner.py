@@ -8,6 +8,7 @@ run (every rank calls it); ``finish`` writes ``final_metrics.json`` and ``predic
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import torch
 from rcnn.config import TrainConfig
 from rcnn.engine.distributed import DistContext
 from rcnn.engine.train import TrainResult, train
-from rcnn.engine.validate import Validator
+from rcnn.engine.validate import Validator, evaluate_detections
 from rcnn.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,10 @@ def run_process(
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg.model)
     validator = Validator(
-        datasets.val, loss_dataset=datasets.val_loss, loss_batches=cfg.val_loss_batches
+        datasets.val,
+        evaluate_fn=functools.partial(evaluate_detections, num_workers=cfg.num_workers),
+        loss_dataset=datasets.val_loss,
+        loss_batches=cfg.val_loss_batches,
     )
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if cfg.deterministic:

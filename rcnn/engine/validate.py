@@ -20,7 +20,9 @@ from rcnn.engine.distributed import DistContext
 EvaluateFn = Callable[[nn.Module, Any, DistContext], "dict | None"]
 
 
-def evaluate_detections(model: nn.Module, dataset: Any, ctx: DistContext) -> dict | None:
+def evaluate_detections(
+    model: nn.Module, dataset: Any, ctx: DistContext, *, num_workers: int = 0
+) -> dict | None:
     """Predict every image of ``dataset`` (raw, no transform) and score it on the main rank."""
     from rcnn.engine.inference import predict_dataset
     from rcnn.evaluation import build_evaluator
@@ -28,7 +30,9 @@ def evaluate_detections(model: nn.Module, dataset: Any, ctx: DistContext) -> dic
     evaluator = build_evaluator(dataset)
     evaluator.reset()
     # streamed: each batch is scored at once, so a dataset's full-size masks are never all held
-    predict_dataset(model, dataset, distributed=ctx.distributed, evaluator=evaluator)
+    predict_dataset(
+        model, dataset, num_workers=num_workers, distributed=ctx.distributed, evaluator=evaluator
+    )
     return evaluator.evaluate() if ctx.is_main else None
 
 
@@ -84,15 +88,20 @@ class Validator:
         count = min(self.loss_batches, len(self.loss_dataset))
         indices = range(ctx.rank, count, ctx.world_size)
         sums: dict[str, torch.Tensor] = {}
+        used = 0
         with _train_mode_frozen_norms(model):
             for index in indices:
-                image, target = self.loss_dataset[index]
+                sample = self.loss_dataset[index]
+                if sample is None:  # unreadable image: counted by the loaders elsewhere
+                    continue
+                image, target = sample
+                used += 1
                 target = target.to(ctx.device) if hasattr(target, "to") else target
                 outputs = model([image.to(ctx.device)], [target])
                 for key, value in outputs.items():
                     if key.startswith("loss_"):
                         sums[key] = sums.get(key, 0.0) + value.detach().float()
-        means = {k: v / max(1, len(indices)) for k, v in sums.items()}
+        means = {k: v / max(1, used) for k, v in sums.items()}
         keys = du.broadcast_object(sorted(means))
         means = {k: means.get(k, torch.zeros((), device=ctx.device)) for k in keys}
         reduced = du.all_reduce_mean(means)
