@@ -165,7 +165,13 @@ def network_section(args, class_names, summary: dict):
     net = get_network(args, class_names)  # rcnn.get_model(args.network, pretrained_base=...)
     print("network:", args.network)
     summary.update(network=args.network, arch=net.cfg.arch)
-    summary["mask_size"] = 2 * net.cfg.mask_head.pooler_resolution
+    # mask size M: FPN deconvolves its RoIAlign output (14 -> 28); C4 deconvolves res5's output,
+    # which halves the box RoIAlign (14 -> 7 -> 14), as GluonCV's 14x14 masks
+    cfg = net.cfg
+    pooled = (
+        cfg.box_head.pooler_resolution // 2 if cfg.arch == "c4" else cfg.mask_head.pooler_resolution
+    )
+    summary["mask_size"] = 2 * pooled
     summary["model_lines"] = print_model(net, args.model_lines)
 
     # Mask-RCNN has identical inputs but produces an additional output, masks.
