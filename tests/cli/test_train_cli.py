@@ -218,3 +218,15 @@ def test_config_file_then_flags_then_set(tmp_path):
     assert state is None and cfg.network == "mask_rcnn_fpn_resnet18_v1b_coco"
     assert (cfg.lr, cfg.wd, cfg.epochs) == (0.3, 0.003, 2.0)
     assert cfg.model.rpn.nms_thresh == 0.6 and cfg.model.backbone.name == "resnet18"
+
+
+def test_every_preset_recipe_resolves():
+    from rcnn.zoo import get_preset, list_models
+
+    for name in list_models():
+        cfg, _ = resolve_config(build_parser().parse_args(["train", "--network", name]))
+        recipe = get_preset(name).recipe
+        assert cfg.network == name and cfg.model == get_preset(name).model
+        for key, value in recipe.items():
+            got = getattr(cfg, key)
+            assert got == (list(value) if isinstance(value, tuple) else value), (name, key)
