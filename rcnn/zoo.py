@@ -258,7 +258,8 @@ def get_model(name: str, *, pretrained=None, pretrained_base: bool = True, class
     from rcnn.weights import torchvision as tv
 
     cfg = get_preset(name).model
-    cfg.classes = tuple(classes) if classes is not None else default_classes(name, cfg)
+    preset_classes = default_classes(name, cfg)
+    cfg.classes = tuple(classes) if classes is not None else preset_classes
     if pretrained is True:
         raise UserError(
             f"{name}: rcnn ships no weights and never downloads; pass pretrained=<local file> "
@@ -267,7 +268,7 @@ def get_model(name: str, *, pretrained=None, pretrained_base: bool = True, class
     cfg.backbone.pretrained_base = bool(pretrained_base) and not pretrained
     if pretrained:  # build with the file's classes, then keep those whose names carry over
         state_dict = read_state_dict(pretrained)
-        trained = pretrained_classes(pretrained, state_dict, default_classes(name, cfg))
+        trained = pretrained_classes(pretrained, state_dict, preset_classes)
         wanted, cfg.classes = (cfg.classes if classes is not None else trained), trained
     model = build_model(cfg)
     if pretrained:
