@@ -1,0 +1,146 @@
+"""Loading state dicts: exact key/shape checks with a listed error, torchvision conversion, and
+``get_model`` with a local file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models import detection
+
+from rcnn.errors import CheckpointError, UserError
+from rcnn.weights import load_state_dict_checked, load_torchvision
+from rcnn.zoo import COCO_CLASSES, get_model, get_preset, list_models
+
+TINY = "mask_rcnn_fpn_resnet18_v1b_coco"
+
+
+@pytest.fixture(scope="module")
+def torchvision_state():
+    torch.manual_seed(0)
+    model = detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4)
+    return model.state_dict()
+
+
+def test_torchvision_weights_map_one_to_one(torchvision_state):
+    model = load_torchvision("fasterrcnn_resnet50_fpn", torchvision_state)
+    assert model.class_names == ["class_1", "class_2", "class_3"] and model.num_classes == 3
+    ours = model.state_dict()
+    torch.testing.assert_close(
+        ours["rpn.head.objectness.weight"], torchvision_state["rpn.head.cls_logits.weight"]
+    )
+    torch.testing.assert_close(
+        ours["backbone.fpn.lateral.0.0.weight"],
+        torchvision_state["backbone.fpn.inner_blocks.0.0.weight"],
+    )
+    # background regression rows dropped: our class c is torchvision's class c + 1
+    tv_boxes = torchvision_state["roi_heads.box_predictor.bbox_pred.weight"]
+    torch.testing.assert_close(ours["roi_heads.box_predictor.bbox_pred.weight"], tv_boxes[4:])
+
+
+def test_bad_state_dicts_are_listed(torchvision_state):
+    state = dict(torchvision_state)
+    del state["rpn.head.bbox_pred.bias"]
+    state["roi_heads.extra.weight"] = torch.zeros(1)
+    state["backbone.fpn.layer_blocks.1.0.weight"] = torch.zeros(256, 256, 1, 1)
+    with pytest.raises(CheckpointError) as err:
+        load_torchvision("fasterrcnn_resnet50_fpn", state)
+    message = str(err.value)
+    assert "missing keys (1): rpn.head.deltas.bias" in message
+    assert "unexpected keys (1): roi_heads.extra.weight" in message
+    assert (
+        "backbone.fpn.output.1.0.weight: checkpoint (256, 256, 1, 1) vs model (256, 256, 3, 3)"
+        in message
+    )
+    with pytest.raises(CheckpointError, match="unknown torchvision builder"):
+        load_torchvision("retinanet_resnet50_fpn", torchvision_state)
+
+
+def test_checked_load_of_our_own_state_dict():
+    model = get_model(TINY, pretrained_base=False, classes=["a", "b"])
+    state = model.state_dict()
+    other = get_model(TINY, pretrained_base=False, classes=["a", "b"])
+    load_state_dict_checked(other, state)
+    for key, value in other.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    bad = dict(state)
+    bad.pop("roi_heads.box_predictor.cls_score.bias")
+    with pytest.raises(
+        CheckpointError, match=r"missing keys \(1\): roi_heads.box_predictor.cls_score.bias"
+    ):
+        load_state_dict_checked(other, bad)
+
+
+def test_get_model_presets_classes_and_local_files(tmp_path):
+    names = list_models()
+    for name in (
+        "fasterrcnn_resnet50_fpn",
+        "fasterrcnn_resnet50_fpn_v2",
+        "maskrcnn_resnet50_fpn",
+        "maskrcnn_resnet50_fpn_v2",
+        "faster_rcnn_fpn_resnet50_v1b_coco",
+        "mask_rcnn_fpn_resnet18_v1b_coco",
+        "mask_rcnn_fpn_resnet50_v1b_coco",
+        "mask_rcnn_fpn_resnet101_v1d_coco",
+    ):
+        assert name in names
+    model = get_model(TINY, pretrained_base=False)
+    assert model.class_names == list(COCO_CLASSES) and len(COCO_CLASSES) == 80 and model.has_mask
+    path = tmp_path / "weights.pth"
+    torch.save({"model": model.state_dict()}, path)
+    loaded = get_model(TINY, pretrained=str(path), pretrained_base=False)
+    assert torch.equal(
+        loaded.state_dict()["roi_heads.box_predictor.cls_score.weight"],
+        model.state_dict()["roi_heads.box_predictor.cls_score.weight"],
+    )
+    with pytest.raises(UserError, match="never downloads"):
+        get_model(TINY, pretrained="https://example.com/w.pth", pretrained_base=False)
+    with pytest.raises(UserError, match="unknown model"):
+        get_model("nonexistent_model")
+
+
+def test_preset_defaults_follow_the_sources():
+    tv = get_preset("fasterrcnn_resnet50_fpn")
+    assert (
+        tv.recipe["lr"] == 0.02
+        and tv.recipe["lr_decay_epoch"] == (16, 22)
+        and tv.recipe["batch_size"] == 16
+    )
+    v2 = get_preset("maskrcnn_resnet50_fpn_v2").model
+    assert (v2.backbone.norm, v2.fpn.norm, v2.rpn.conv_depth, v2.box_head.kind) == (
+        "bn",
+        "bn",
+        2,
+        "4conv1fc",
+    )
+    assert v2.mask_head.norm == "bn" and v2.mask_on
+    gcv = get_preset("mask_rcnn_fpn_resnet50_v1b_coco")
+    m = gcv.model
+    assert (m.rpn.channels, m.rpn.pre_nms_topk, m.rpn.post_nms_topk) == (
+        1024,
+        (12000, 6000),
+        (2000, 1000),
+    )
+    assert (m.anchors.style, m.anchors.base_size, m.anchors.scales) == (
+        "gluoncv",
+        16,
+        (2, 4, 8, 16, 32),
+    )
+    assert (
+        m.box_head.pooler_resolution,
+        m.box_head.pool_downsample,
+        m.box_head.smooth_l1_beta,
+    ) == (14, 2, 1.0)
+    assert (
+        m.box_head.batch_size_per_image,
+        m.mask_head.num_conv,
+        2 * m.mask_head.pooler_resolution,
+    ) == (512, 4, 28)
+    assert gcv.recipe["lr_decay_epoch"] == (17, 23) and gcv.recipe[
+        "lr_warmup_factor"
+    ] == pytest.approx(1 / 3)
+    r18 = get_preset("mask_rcnn_fpn_resnet18_v1b_coco").model
+    assert (r18.backbone.name, r18.mask_head.num_conv, 2 * r18.mask_head.pooler_resolution) == (
+        "resnet18",
+        2,
+        14,
+    )
