@@ -295,8 +295,8 @@ def training_loop_section(args, net, batches, summary: dict) -> None:
         values = scalars(losses)
         same = all(abs(by_hand[k] - values[k]) <= 1e-5 * max(1.0, abs(values[k])) for k in by_hand)
         text = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if k.startswith("loss_"))
-        print(f"step {step + 1}: loss={float(loss):.4f} ({text}); by hand equal: {same}")
-        summary["steps"].append({"loss": float(loss), **values, "by_hand_equal": same})
+        print(f"step {step + 1}: loss={float(loss.detach()):.4f} ({text}); by hand equal: {same}")
+        summary["steps"].append({"loss": float(loss.detach()), **values, "by_hand_equal": same})
     changed = sum(
         int(not torch.equal(p.detach(), before[n]))
         for n, p in net.named_parameters()

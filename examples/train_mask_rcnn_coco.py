@@ -309,9 +309,11 @@ def training_loop_section(args, net, batches, summary: dict) -> None:
         values = scalars(losses)
         same = all(abs(by_hand[k] - values[k]) <= 1e-5 * max(1.0, abs(values[k])) for k in by_hand)
         text = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if k.startswith("loss_"))
-        print(f"step {step + 1}: lr={lr:.6f} loss={float(loss):.4f} ({text}); "
+        print(f"step {step + 1}: lr={lr:.6f} loss={float(loss.detach()):.4f} ({text}); "
               f"by hand equal: {same}")  # fmt: skip
-        summary["steps"].append({"loss": float(loss), "lr": lr, **values, "by_hand_equal": same})
+        summary["steps"].append(
+            {"loss": float(loss.detach()), "lr": lr, **values, "by_hand_equal": same}
+        )
     changed = sum(int(not torch.equal(p.detach(), before[n])) for n, p in net.named_parameters()
                   if n in before)  # fmt: skip
     print(f"parameter tensors updated: {changed} of {len(before)}")
