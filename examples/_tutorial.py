@@ -11,13 +11,14 @@ import argparse
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import rcnn
+from rcnn.errors import UserError
 from rcnn.models.build import build_model
 from rcnn.zoo import default_classes, get_preset
 
@@ -136,3 +137,11 @@ def write_summary(output: Path, summary: dict[str, Any]) -> None:
     path = output / "summary.json"
     path.write_text(json.dumps(summary, indent=1))
     print("wrote", path)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a tutorial; a dataset / model problem is one line naming the file, not a traceback."""
+    try:
+        main()
+    except UserError as error:
+        raise SystemExit(f"error: {error}\n(pass --data-root to use another dataset)") from None

@@ -26,6 +26,7 @@ from _tutorial import (
     heading,
     parse_args,
     print_model,
+    run,
     save_axes,
     scalars,
     shape,
@@ -334,4 +335,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

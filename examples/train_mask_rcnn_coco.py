@@ -28,6 +28,7 @@ from _tutorial import (
     heading,
     parse_args,
     print_model,
+    run,
     save_axes,
     scalars,
     shape,
@@ -348,4 +349,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -186,3 +189,17 @@ def test_mask_rcnn_coco_tutorial(coco_run, balloon):
     assert_training(summary, stdout)
     assert all(np.isfinite(s["loss_mask"]) for s in summary["steps"])
     assert summary["steps"][0]["lr"] == pytest.approx(0.00125 / 3)  # GluonCV's warmup starts at 1/3
+
+
+def test_missing_dataset_is_one_line_error(tmp_path):
+    """A wrong --data-root ends with the dataset error naming the path, not a traceback."""
+    script = Path(__file__).resolve().parents[2] / "examples" / "train_faster_rcnn_voc.py"
+    missing = tmp_path / "no_such_dataset"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--data-root", str(missing), "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: {missing}") and "Traceback" not in proc.stderr
