@@ -132,6 +132,12 @@ def _gluoncv_fpn(backbone: str, *, mask: bool) -> ModelConfig:
     return cfg
 
 
+def _v1d(cfg: ModelConfig) -> ModelConfig:
+    """GluonCV's ResNet-v1d body (deep stem, avg-pool shortcuts; ``rcnn/models/stems.py``)."""
+    cfg.backbone.stem = "v1d"
+    return cfg
+
+
 def _gluoncv_c4(backbone: str, *, mask: bool, voc: bool = False) -> ModelConfig:
     """GluonCV's C4 models (``FasterRCNN`` / ``MaskRCNN`` defaults + model_zoo.py; features.md
     sections 1.4-1.5): RPN and RoIAlign 14x14 on res4, res5 + global average pooling as box head.
@@ -184,9 +190,12 @@ PRESETS: dict[str, tuple[Callable[[], ModelConfig], dict]] = {
         lambda: _gluoncv_fpn("resnet50", mask=True),
         GLUONCV_COCO_RECIPE,
     ),
-    # deviation from gluoncv: torchvision's ResNet-101 body (7x7 stem) instead of v1d's deep stem
+    "faster_rcnn_fpn_resnet101_v1d_coco": (
+        lambda: _v1d(_gluoncv_fpn("resnet101", mask=False)),
+        GLUONCV_COCO_RECIPE,
+    ),
     "mask_rcnn_fpn_resnet101_v1d_coco": (
-        lambda: _gluoncv_fpn("resnet101", mask=True),
+        lambda: _v1d(_gluoncv_fpn("resnet101", mask=True)),
         GLUONCV_COCO_RECIPE,
     ),
     "faster_rcnn_resnet50_v1b_voc": (
