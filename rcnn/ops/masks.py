@@ -101,6 +101,32 @@ def _interp_weights(start: Tensor, length: Tensor, src_size: int, out_size: int)
     return weights
 
 
+def _paste_window(
+    padded: Tensor, grown: Tensor, box_w: Tensor, box_h: Tensor, out: Tensor, threshold: float
+) -> None:
+    """Paste a chunk of padded masks [n, M', M'] into ``out`` [n, H, W] (bool, in place).
+
+    Only the window of each box that lies inside the image is computed (a common [n, h, w]
+    window, h/w the largest clipped box), then scattered into the image.
+    """
+    height, width = out.shape[-2:]
+    x0, y0 = grown[:, 0].clamp(0, width), grown[:, 1].clamp(0, height)
+    x1 = (grown[:, 0] + box_w).clamp(0, width)
+    y1 = (grown[:, 1] + box_h).clamp(0, height)
+    win_h, win_w = int((y1 - y0).max()), int((x1 - x0).max())
+    if win_h == 0 or win_w == 0:
+        return
+    # window pixel r is image row y0 + r, i.e. row r - (grown_y0 - y0) of the resized box
+    rows = _interp_weights(grown[:, 1] - y0, box_h, padded.shape[-2], win_h)
+    cols = _interp_weights(grown[:, 0] - x0, box_w, padded.shape[-1], win_w)
+    # columns first, then rows: the grouping of upsample_bilinear2d (exact ties at 0.5 agree)
+    local = torch.bmm(rows, torch.bmm(padded, cols.transpose(1, 2))) > threshold
+    inside_y = torch.arange(win_h, device=out.device)[None] < (y1 - y0)[:, None]
+    inside_x = torch.arange(win_w, device=out.device)[None] < (x1 - x0)[:, None]
+    idx, row, col = torch.where(local & inside_y[:, :, None] & inside_x[:, None, :])
+    out[idx, y0[idx] + row, x0[idx] + col] = True
+
+
 def paste_masks(
     masks: Tensor,
     boxes: Tensor,
@@ -108,18 +134,20 @@ def paste_masks(
     *,
     threshold: float = 0.5,
     padding: int = 1,
-    chunk_pixels: int = 2**26,
+    chunk: int = 32,
 ) -> Tensor:
     """Paste M x M mask probabilities into their boxes of a full image, batched.
 
     The mask is zero-padded by ``padding``, its box grown by ``(M + 2p) / M``, truncated to integer
     pixels and the mask bilinearly resized onto it: torchvision's ``paste_masks_in_image``, done as
-    two batched matrix products (separable bilinear weights) instead of a loop over masks.
+    batched matrix products (separable bilinear weights) over box windows instead of a loop over
+    masks. Boxes partly or wholly outside the image are fine.
 
     Args:
         masks: float [N, M, M] probabilities.
         boxes: float [N, 4] in the target image's pixels.
         image_size: (H, W).
+        chunk: masks per batched product (bounds the memory of the windows).
 
     Returns:
         bool [N, H, W] (probability > ``threshold``).
@@ -139,12 +167,7 @@ def paste_masks(
     grown = grown.to(torch.int64)  # truncation toward zero, as torchvision
     box_w = (grown[:, 2] - grown[:, 0] + 1).clamp(min=1)
     box_h = (grown[:, 3] - grown[:, 1] + 1).clamp(min=1)
-    step = max(1, chunk_pixels // (height * width))
-    for lo in range(0, num, step):
-        sl = slice(lo, lo + step)
-        rows = _interp_weights(grown[sl, 1], box_h[sl], padded.shape[-2], height)
-        cols = _interp_weights(grown[sl, 0], box_w[sl], padded.shape[-1], width)
-        # columns first, then rows: the grouping of upsample_bilinear2d (exact ties at 0.5 agree)
-        pasted = torch.bmm(rows, torch.bmm(padded[sl], cols.transpose(1, 2)))
-        out[sl] = pasted > threshold
+    for lo in range(0, num, chunk):
+        sl = slice(lo, lo + chunk)
+        _paste_window(padded[sl], grown[sl], box_w[sl], box_h[sl], out[sl], threshold)
     return out
