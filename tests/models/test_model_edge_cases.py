@@ -115,3 +115,22 @@ def test_eval_raw_images_and_batch_equals_singles():
     tiny = model([image(1, 1)])[0]
     assert tiny.masks.shape == (len(tiny), 1, 1) and tiny.masks.dtype == torch.bool
     assert bool((tiny.boxes >= 0).all()) and bool((tiny.boxes <= 1).all())
+
+
+@pytest.mark.parametrize("norm", ["gn", "bn"])
+def test_normalised_heads_train_and_predict(norm):
+    torch.manual_seed(0)
+    cfg = tiny_config(mask=True)
+    cfg.fpn.out_channels = 64  # GroupNorm(32, C) needs C divisible by 32
+    cfg.backbone.norm, cfg.fpn.norm, cfg.rpn.conv_depth, cfg.rpn.norm = norm, norm, 2, norm
+    cfg.box_head.kind, cfg.box_head.norm, cfg.box_head.num_conv = "4conv1fc", norm, 2
+    cfg.box_head.conv_dim = cfg.mask_head.conv_dim = 64
+    cfg.mask_head.norm = norm
+    model = build_model(cfg).train()
+    images, targets = zip(*CASES["batch mixing sizes"][:2], strict=True)
+    out = model(list(images), list(targets))
+    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
+    assert all(math.isfinite(float(v)) for v in out.values())
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    detections = model.eval()([image(50, 70)])
+    assert detections[0].boxes.shape[1] == 4
