@@ -5,11 +5,15 @@ Shape shorthand: A anchors per location, L levels, H_l/W_l feature size of level
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from rcnn.models.config import AnchorConfig
+
+CACHE_SIZE = 64  # (level, feature size, stride, device) entries kept
 
 
 def torchvision_cell_anchors(sizes: tuple[float, ...], ratios: tuple[float, ...]) -> Tensor:
@@ -92,7 +96,8 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"anchors.style must be 'torchvision' or 'gluoncv', got {cfg.style!r}")
         self.cell_anchors = cells
         self.num_anchors = len(cells[0])
-        self._cache: dict[tuple, Tensor] = {}
+        # bounded LRU: multi-scale training meets many padded sizes (P2 of 800x1333 is ~3 MB)
+        self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
 
     def _level_stride(self, level: int, grid: tuple[int, int], image_size: tuple[int, int]):
         if self.style == "torchvision":
@@ -108,6 +113,9 @@ class AnchorGenerator(nn.Module):
             shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
             cell = self.cell_anchors[level].to(device)
             self._cache[key] = (shifts + cell[None]).reshape(-1, 4)
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
         return self._cache[key]
 
     def forward(self, features: list[Tensor], image_size: tuple[int, int]) -> list[Tensor]:

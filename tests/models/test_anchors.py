@@ -40,3 +40,15 @@ def test_gluoncv_style_by_hand():
     torch.testing.assert_close(anchors[2][1], square)
     shift = torch.tensor([32.0, 16.0, 32.0, 16.0])
     torch.testing.assert_close(anchors[2][(1 * 3 + 2) * 3 + 1], square + shift)
+
+
+def test_anchor_cache_is_reused_and_bounded():
+    from rcnn.models import anchors as anchors_module
+
+    generator = AnchorGenerator(AnchorConfig(), (4, 8, 16, 32, 64))
+    feats = [torch.zeros(1, 1, 8 // s, 8 // s) for s in (1, 2, 4, 8)] + [torch.zeros(1, 1, 1, 1)]
+    first = generator(feats, (32, 32))
+    assert all(a is b for a, b in zip(first, generator(feats, (32, 32)), strict=True))
+    for size in range(1, anchors_module.CACHE_SIZE + 20):
+        generator([torch.zeros(1, 1, size, size)], (4 * size, 4 * size))
+    assert len(generator._cache) <= anchors_module.CACHE_SIZE
