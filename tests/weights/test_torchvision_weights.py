@@ -71,6 +71,9 @@ def test_checked_load_of_our_own_state_dict():
 
 
 def test_get_model_presets_classes_and_local_files(tmp_path):
+    import rcnn
+
+    assert rcnn.get_model is get_model and rcnn.list_models is list_models
     names = list_models()
     for name in (
         "fasterrcnn_resnet50_fpn",
