@@ -65,6 +65,11 @@ class RPNTargetGenerator:
     ``batch_size_per_image`` anchors, ``positive_fraction`` of them positive. With
     ``allowed_border >= 0`` anchors crossing the image border by more are ignored and take no part
     in matching (GluonCV: border 0; torchvision: no border test).
+
+    # deviation from gluoncv: a ground truth's best anchors are those whose IoU equals its maximum
+    # exactly (torchvision's ``Matcher``), not within float32 epsilon of it, and a ground truth
+    # that overlaps no anchor at all makes no positive (GluonCV's ``RPNTargetSampler`` would then
+    # mark every anchor inside the image positive). Both agree on the GluonCV fixtures.
     """
 
     def __init__(self, cfg: RPNConfig) -> None:

@@ -24,8 +24,10 @@ def tiny_model(classes=("a", "b", "c")):
 def heads(model):
     """(classifier weight, classifier bias, box weight, box bias, mask weight, mask bias) copies."""
     box = model.roi_heads.box_predictor
-    mask = model.roi_heads.mask_head.predictor
     tensors = (box.cls_score.weight, box.cls_score.bias, box.bbox_pred.weight, box.bbox_pred.bias)
+    if model.roi_heads.mask_head is None:
+        return [t.detach().clone() for t in tensors] + [None, None]
+    mask = model.roi_heads.mask_head.predictor
     return [t.detach().clone() for t in (*tensors, mask.weight, mask.bias)]
 
 
@@ -37,8 +39,9 @@ def assert_class_copied(new, old, new_idx: int, old_idx: int) -> None:
     rows, old_rows = slice(4 * new_idx, 4 * new_idx + 4), slice(4 * old_idx, 4 * old_idx + 4)
     assert torch.equal(box_w[rows], o_box_w[old_rows])
     assert torch.equal(box_b[rows], o_box_b[old_rows])
-    assert torch.equal(mask_w[new_idx], o_mask_w[old_idx])
-    assert torch.equal(mask_b[new_idx], o_mask_b[old_idx])
+    if mask_w is not None:
+        assert torch.equal(mask_w[new_idx], o_mask_w[old_idx])
+        assert torch.equal(mask_b[new_idx], o_mask_b[old_idx])
 
 
 def test_reuse_by_names_copies_rows_and_background():
@@ -107,3 +110,16 @@ def test_get_model_with_weights_keeps_classes_whose_names_carry_over(tmp_path):
     assert torch.equal(new[0][0], old[0][0])
     body = "backbone.body.layer3.0.conv1.weight"
     assert torch.equal(model.state_dict()[body], source.state_dict()[body])
+
+
+def test_get_model_reads_class_names_of_our_checkpoints(tmp_path):
+    name = "faster_rcnn_resnet50_v1b_voc"
+    torch.manual_seed(0)
+    source = get_model(name, pretrained_base=False, classes=["cat", "dog"])
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": source.state_dict(), "class_names": ["cat", "dog"]}, path)
+    same = get_model(name, pretrained=path)
+    assert same.class_names == ["cat", "dog"]
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in source.state_dict().items())
+    moved = get_model(name, pretrained=path, classes=["dog", "bird"])
+    assert_class_copied(heads(moved), heads(source), 0, 1)
