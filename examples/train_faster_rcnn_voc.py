@@ -36,6 +36,7 @@ from _tutorial import (
 
 from rcnn.data import TrainTransform, ValTransform, build_dataset
 from rcnn.data.loader import build_test_loader, build_train_loader
+from rcnn.data.rpn_targets import RPNTargetTransform
 from rcnn.data.transforms import resized_size
 from rcnn.engine.optim import build_optimizer
 from rcnn.models.box_head import box_losses
@@ -236,28 +237,33 @@ def recompute_losses(net, losses: dict) -> dict[str, float]:
 
 def targets_sections(args, net, train_dataset, summary: dict):
     heading("RPN training targets")
-    # deviation from gluoncv: GluonCV passes the network to the train transform so that its CPU
-    # workers compute the RPN targets; our RPN computes them on the model's device from the
-    # anchors of the padded batch (the same RPNTargetGenerator), and train mode returns them.
+    # To speed up training, the CPU workers pre-compute the RPN targets: GluonCV passes the
+    # network to its train transform; ours wraps the train transform with the network's config
+    # (same anchors, same RPNTargetGenerator as the model) and attaches Targets.rpn_targets.
+    train_dataset.transform = RPNTargetTransform(net.cfg, TrainTransform(args.short, args.max_size))
     batch_size = 1  # for the next part, we only use batch size 1
     train_loader = build_train_loader(
         train_dataset, batch_size=batch_size, num_workers=args.num_workers, seed=args.seed
     )
     batches = iter(train_loader)
     images, targets = next(batches)
-    with torch.no_grad():
-        out = net(images, targets, return_intermediates=True)
-    inter = out["intermediates"]
+    rpn = targets[0].rpn_targets
+    # deviation from gluoncv: one image's targets are [A] / [A, 4] (the loader keeps lists)
     rows = {
         "data": images[0],
         "box": targets[0].boxes,
         "label": targets[0].labels,
-        "rpn cls label": inter["rpn_labels"],  # -1 marks ignored anchors
-        "rpn box label": inter["rpn_box_targets"],
-        "rpn box mask": inter["rpn_box_weights"],  # mask out ignored box label
+        "rpn cls label": rpn["labels"],  # -1 marks ignored label
+        "rpn box label": rpn["box_targets"],
+        "rpn box mask": rpn["box_weights"],  # mask out ignored box label
     }
     print_rows(rows, summary, "rpn_targets")
     heading("RCNN training targets")
+    # RCNN targets are generated from the intermediate outputs (proposals, matches) in train mode
+    with torch.no_grad():
+        inter = net(images, targets, return_intermediates=True)["intermediates"]
+    used = torch.equal(inter["rpn_labels"][0], rpn["labels"].to(inter["rpn_labels"].device))
+    print("the model used the loader's RPN targets:", used)
     rows = {
         "data": images[0],
         "box": targets[0].boxes,
@@ -267,6 +273,7 @@ def targets_sections(args, net, train_dataset, summary: dict):
         "rcnn box mask": inter["rcnn_box_weights"],
     }
     print_rows(rows, summary, "rcnn_targets")
+    summary["rpn_targets_used"] = used
     summary["rcnn_num_pos"] = int((inter["rcnn_cls_targets"] > 0).sum())
     summary["padded_size"] = [int(-(-s // 32) * 32) for s in images[0].shape[-2:]]
     return batches

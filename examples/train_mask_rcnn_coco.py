@@ -39,6 +39,7 @@ from _tutorial import (
 from rcnn.data import TrainTransform, ValTransform, build_dataset
 from rcnn.data import masks as tmask
 from rcnn.data.loader import build_test_loader, build_train_loader
+from rcnn.data.rpn_targets import RPNTargetTransform
 from rcnn.data.transforms import resized_size
 from rcnn.engine.optim import WarmupScheduler, build_optimizer
 from rcnn.models.box_head import box_losses
@@ -239,24 +240,28 @@ def losses_section() -> None:
 
 def targets_section(args, net, train_dataset, summary: dict):
     heading("Training targets")
-    # deviation from gluoncv: GluonCV computes the RPN targets in its CPU workers (the network is
-    # passed to the transform) and the RCNN / mask targets with ``net.target_generator`` and
-    # ``net.mask_target``; our model computes all three in train mode and returns them.
+    # We also push RPN targets computation to CPU workers: GluonCV passes the network to the
+    # transform; ours wraps the train transform with the network's config (RPNTargetTransform).
+    # deviation from gluoncv: the RCNN and mask targets come back as intermediates of the
+    # forward pass instead of ``net.target_generator`` / ``net.mask_target`` calls.
+    train_dataset.transform = RPNTargetTransform(net.cfg, TrainTransform(args.short, args.max_size))
     batch_size = 1  # for the next part, we only use batch size 1
     train_loader = build_train_loader(
         train_dataset, batch_size=batch_size, num_workers=args.num_workers, seed=args.seed
     )
     batches = iter(train_loader)
     images, targets = next(batches)
+    rpn = targets[0].rpn_targets
     with torch.no_grad():
         inter = net(images, targets, return_intermediates=True)["intermediates"]
+    summary["rpn_targets_used"] = torch.equal(inter["rpn_labels"][0], rpn["labels"])
     rows = {
         "data": images[0],
         "box": targets[0].boxes,
         "label": targets[0].labels,
-        "rpn cls label": inter["rpn_labels"],  # -1 marks ignored label
-        "rpn box label": inter["rpn_box_targets"],
-        "rpn box mask": inter["rpn_box_weights"],  # mask out ignored box label
+        "rpn cls label": rpn["labels"],  # -1 marks ignored label
+        "rpn box label": rpn["box_targets"],
+        "rpn box mask": rpn["box_weights"],  # mask out ignored box label
         "rcnn cls label": inter["rcnn_cls_targets"],  # rcnn does not have ignored label
         "rcnn box label": inter["rcnn_box_targets"],
         "rcnn box mask": inter["rcnn_box_weights"],
@@ -270,6 +275,7 @@ def targets_section(args, net, train_dataset, summary: dict):
         summary["targets"][name] = shape(value)
     summary["rcnn_num_pos"] = int((inter["rcnn_cls_targets"] > 0).sum())
     summary["padded_size"] = [int(-(-s // 32) * 32) for s in images[0].shape[-2:]]
+    print("the model used the loader's RPN targets:", summary["rpn_targets_used"])
     summary["mask_target_values"] = sorted({float(v) for v in inter["mask_targets"].unique()})
     return batches
 

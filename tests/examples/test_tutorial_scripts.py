@@ -92,8 +92,10 @@ def assert_train_mode(summary: dict, num_classes: int) -> None:
 
 def assert_targets(targets: dict, summary: dict) -> None:
     anchors = expected_anchors(summary["arch"], tuple(summary["padded_size"]))
-    assert targets["rpn cls label"] == [1, anchors]
-    assert targets["rpn box label"] == targets["rpn box mask"] == [1, anchors, 4]
+    # computed in the loader (RPNTargetTransform) for the image alone, then used by the model
+    assert targets["rpn cls label"] == [anchors]
+    assert targets["rpn box label"] == targets["rpn box mask"] == [anchors, 4]
+    assert summary["rpn_targets_used"]
     assert targets["rcnn cls label"] == [ROIS]
     assert targets["rcnn box label"] == targets["rcnn box mask"] == [ROIS, 4]
     assert targets["label"] == [targets["box"][0]]
