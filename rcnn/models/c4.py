@@ -7,6 +7,9 @@ GluonCV's ``faster_rcnn_resnet50_v1b_voc`` / ``mask_rcnn_resnet50_v1b_coco`` (fe
 He et al. 2017, fig. 4 left. RoIs are RoIAligned 14x14 from res4, res5 (``layer4``, stride 2 on its
 first block) turns them into [R, D5, 7, 7], global average pooling feeds the class-specific box
 predictor, and the mask head (2x2 deconv + per-class 1x1) reads the same res5 features: 14x14 masks.
+
+Cost: res5 runs once per RoI (about R x the FLOPs of layer4 on a 224-px image), so a C4 model
+is several times slower than an FPN one with the same body, on a GPU and much more on a CPU.
 """
 
 from __future__ import annotations
