@@ -154,7 +154,9 @@ def _gluoncv_c4(backbone: str, *, mask: bool, voc: bool = False) -> ModelConfig:
     rpn = cfg.rpn
     rpn.channels = 1024
     rpn.pre_nms_topk, rpn.post_nms_topk = (12000, 6000), (2000, 300 if voc else 1000)
-    rpn.min_size = 16.0 if voc else 1.0
+    # RPNProposal drops x2 - x1 + 1 < rpn_min_size (16 VOC, 1 COCO): inclusive pixel widths, so
+    # with our widths (x2 - x1) the same test is width < min_size - 1
+    rpn.min_size = 15.0 if voc else 0.0
     rpn.allowed_border = 0.0  # RPNTargetGenerator ignores anchors crossing the image border
     # deviation from gluoncv: the VOC models decode without a clip (clip=None); we keep
     # log(1000/16) so that exp() cannot overflow

@@ -79,7 +79,8 @@ def test_gluoncv_c4_voc_defaults():
     )
     assert (cfg.input.test_short, cfg.input.max_size) == (600, 1000)
     assert cfg.rpn.channels == 1024 and cfg.rpn.post_nms_topk == (2000, 300)
-    assert cfg.rpn.min_size == 16 and cfg.rpn.pre_nms_topk == (12000, 6000)
+    # GluonCV's rpn_min_size 16 on inclusive widths (x2 - x1 + 1)
+    assert cfg.rpn.min_size == 15 and cfg.rpn.pre_nms_topk == (12000, 6000)
     box = cfg.box_head
     assert (box.kind, box.pooler_resolution, box.sampling_ratio) == ("res5", 14, 2)
     assert box.batch_size_per_image == 128
@@ -93,7 +94,7 @@ def test_gluoncv_c4_coco_defaults():
     mask = get_preset("mask_rcnn_resnet50_v1b_coco").model
     assert mask.arch == "c4" and mask.mask_on and mask.mask_head.num_conv == 0
     assert (mask.input.test_short, mask.input.max_size) == (800, 1333)
-    assert mask.rpn.post_nms_topk == (2000, 1000) and mask.rpn.min_size == 1
+    assert mask.rpn.post_nms_topk == (2000, 1000) and mask.rpn.min_size == 0
     assert mask.box_head.box_clip == 4.42 and mask.box_head.nms_thresh == 0.5
     assert get_preset("mask_rcnn_resnet18_v1b_coco").model.box_head.batch_size_per_image == 256
     v1d = get_preset("faster_rcnn_resnet101_v1d_coco").model
