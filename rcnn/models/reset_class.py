@@ -74,8 +74,8 @@ def _new_box_predictor(old: BoxPredictor, num_classes: int, mapping: dict[int, i
 
 def _new_mask_predictor(old: nn.Conv2d, num_classes: int, mapping: dict[int, int]) -> nn.Conv2d:
     new = nn.Conv2d(old.in_channels, num_classes, 1)
-    # the mask head's own init (torchvision MaskRCNNPredictor: kaiming normal, fan_out)
-    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    # the mask head's own init of its predictor (``MaskHead``: normal(std=0.001), zero bias)
+    nn.init.normal_(new.weight, std=0.001)
     nn.init.zeros_(new.bias)
     new = new.to(old.weight.device, old.weight.dtype)
     _copy_rows(new.weight, old.weight, mapping, 1, 0)
