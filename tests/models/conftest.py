@@ -1,4 +1,4 @@
-"""Fixtures of the model tests: real images from the shared sample data, tiny configs."""
+"""Fixtures of the model tests: real images from the shared sample data."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from rcnn.models.config import ModelConfig
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -30,18 +28,3 @@ def real_images() -> list[torch.Tensor]:
         read_image(DATA / "fruits_nuts" / "images" / "0.jpg", max_side=400),
         read_image(DATA / "balloon" / "val2017" / "14898532020_ba6199dd22_k.jpg", max_side=330),
     ]
-
-
-def tiny_config(*, mask: bool = True, num_classes: int = 2) -> ModelConfig:
-    """ResNet-18 FPN at 128 px with small heads, for fast CPU tests."""
-    cfg = ModelConfig(classes=tuple(f"c{i}" for i in range(num_classes)), mask_on=mask)
-    cfg.backbone.name = "resnet18"
-    cfg.backbone.pretrained_base = False
-    cfg.fpn.out_channels = 32
-    cfg.input.train_short, cfg.input.test_short, cfg.input.max_size = (128,), 128, 160
-    cfg.rpn.pre_nms_topk, cfg.rpn.post_nms_topk = (300, 200), (300, 100)
-    cfg.box_head.fc_dim = 64
-    cfg.box_head.batch_size_per_image = 64
-    cfg.mask_head.conv_dim = 32
-    cfg.mask_head.num_conv = 2
-    return cfg

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from conftest import tiny_config
+from tiny_models import tiny_config
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from rcnn.models.build import build_model

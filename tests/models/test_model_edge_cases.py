@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from tiny_models import tiny_config
 
 from rcnn.models.build import build_model
 from rcnn.structures import Targets

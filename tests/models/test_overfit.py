@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from conftest import tiny_config
+from tiny_models import tiny_config
 
 from rcnn.models.build import build_model
 from rcnn.structures import Targets
