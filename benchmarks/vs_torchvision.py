@@ -39,6 +39,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import bench_setup as bs
+from rcnn.models.fast import optimize
+
+OPTIONS = ("fold_bn", "channels_last")
 
 
 def device_kind() -> torch.device:
@@ -56,8 +59,9 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
-def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
-    """Median GFLOP/s of fp32 ``torch.mm`` on n x n matrices (2 n^3 FLOPs each)."""
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 20) -> float:
+    """Best GFLOP/s of fp32 ``torch.mm`` on n x n matrices (2 n^3 FLOPs each), over ``reps``
+    runs: the peak, which other processes on a shared machine can only lower."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     times = []
@@ -67,7 +71,7 @@ def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
         torch.mm(a, b)
         sync(device)
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times[2:]) / 1e9
+    return 2 * n**3 / min(times[2:]) / 1e9
 
 
 class Runner:
@@ -113,23 +117,23 @@ class Runner:
         return time.perf_counter() - start
 
 
-def build_pair(arch: str, size: tuple[int, int], device: torch.device, optimize: bool):
+def build_pair(arch: str, size: tuple[int, int], device: torch.device, options: str):
     """(samples, torchvision model, our model) from the same seeded, calibrated weights."""
     samples = bs.load_samples(size)
     theirs = bs.build_torchvision(arch, samples, size)
-    ours = bs.build_ours(arch, theirs, size)
-    if optimize:
-        ours = optimize_ours(ours, device)
+    ours = optimize_ours(bs.build_ours(arch, theirs, size), options)
     return samples, theirs, ours
 
 
-def optimize_ours(model, device: torch.device):
-    """Our speed options (``rcnn.models.fast``), when that module exists."""
-    try:
-        from rcnn.models.fast import optimize
-    except ImportError:
+def optimize_ours(model, options: str):
+    """``rcnn.models.fast.optimize`` with the comma list ``options`` (empty: plain model)."""
+    names = {o for o in options.split(",") if o}
+    unknown = names - set(OPTIONS)
+    if unknown:
+        raise SystemExit(f"unknown --options {sorted(unknown)}; expected some of {OPTIONS}")
+    if not names:
         return model
-    return optimize(model, channels_last=True)
+    return optimize(model, **{name: name in names for name in OPTIONS})
 
 
 def alternate(runners: list[Runner], what: str, repeats: int) -> dict[str, list[float]]:
@@ -151,8 +155,8 @@ def count_flops(fn) -> float:
 
 
 def child_main(spec: str) -> None:
-    """Peak RSS and FLOPs of one model in a fresh process: ``arch,HxW,impl,state_dict_path``."""
-    arch, size_text, impl, path, optimize = spec.split(",")
+    """Peak RSS and FLOPs of one model in a fresh process: ``arch,HxW,impl,state_path,options``."""
+    arch, size_text, impl, path, options = spec.split(",", 4)
     size = parse_size(size_text)
     device = torch.device("cpu")
     samples = bs.load_samples(size)
@@ -160,9 +164,7 @@ def child_main(spec: str) -> None:
     if impl == "torchvision":
         model = bs.load_torchvision_model(arch, state, size)
     else:
-        model = bs.build_ours_from_state(arch, state, size)
-        if optimize == "1":
-            model = optimize_ours(model, device)
+        model = optimize_ours(bs.build_ours_from_state(arch, state, size), options)
     del state
     runner = Runner(impl, model, arch, samples, device)
     flops_infer = count_flops(runner.infer)
@@ -172,14 +174,14 @@ def child_main(spec: str) -> None:
     print(json.dumps({"flops_infer": flops_infer, "flops_train": flops_train, "peak_gb": peak_gb}))
 
 
-def memory_and_flops(arch, size, theirs, optimize: bool) -> dict[str, dict]:
+def memory_and_flops(arch, size, theirs, options: str) -> dict[str, dict]:
     """Run ``child_main`` for torchvision's model and ours, one after the other."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "state.pt")
         torch.save(theirs.state_dict(), path)
         for impl in ("torchvision", "ours"):
-            spec = f"{arch},{size[0]}x{size[1]},{impl},{path},{int(optimize)}"
+            spec = f"{arch},{size[0]}x{size[1]},{impl},{path},{options}"
             proc = subprocess.run(
                 [sys.executable, "-m", "benchmarks.vs_torchvision", "--child", spec],
                 capture_output=True,
@@ -203,11 +205,11 @@ def summary(times: list[float]) -> dict:
 
 def bench_one(arch: str, size: tuple[int, int], args, device: torch.device, peak: float) -> dict:
     """All numbers of one (arch, size) row pair (inference and training)."""
-    samples, theirs, ours = build_pair(arch, size, device, not args.plain)
+    samples, theirs, ours = build_pair(arch, size, device, args.options)
     row = {"arch": bs.ARCHS[arch], "size": f"{size[0]}x{size[1]}", "device": device.type}
     row["load_before"] = os.getloadavg()
     if device.type == "cpu" and not args.no_memory:
-        row["children"] = memory_and_flops(arch, size, theirs, not args.plain)
+        row["children"] = memory_and_flops(arch, size, theirs, args.options)
     runners = [
         Runner("torchvision", theirs, arch, samples, device),
         Runner("ours", ours, arch, samples, device),
@@ -284,7 +286,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per model and mode")
     parser.add_argument("--no-train", action="store_true", help="inference only")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS/FLOP children")
-    parser.add_argument("--plain", action="store_true", help="ours without speed options")
+    parser.add_argument(
+        "--options",
+        default=",".join(OPTIONS),
+        help=f"our speed options (rcnn.models.fast.optimize), comma list of {OPTIONS}; '' = plain",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -298,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"device {device.type}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-        + f"; fp32 matmul peak {peak:.0f} GFLOP/s"
+        + f"; fp32 matmul peak {peak:.0f} GFLOP/s; ours with options '{args.options}'"
     )
     print(header, flush=True)
     rows = []
