@@ -131,7 +131,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
         cfg = _from_preset(_network(args, file_data))
     apply_dict(cfg, {k: v for k, v in file_data.items() if k != "network" or not args.resume})
     recipe_batch, recipe_lr = cfg.batch_size, cfg.lr
+    recipe_options = dict(cfg.dataset_options)
     apply_overrides(cfg, explicit + list(args.overrides))
+    _drop_foreign_options(cfg, recipe_options)
     given = {item.partition("=")[0].strip() for item in explicit + list(args.overrides)}
     if state is None and "lr" not in given and "lr" not in file_data:
         _scale_lr(cfg, recipe_batch, recipe_lr)
@@ -140,6 +142,16 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
         cfg.resume = str(args.resume)
     cfg.validate()
     return cfg, state
+
+
+def _drop_foreign_options(cfg: TrainConfig, recipe_options: dict) -> None:
+    """A recipe's dataset options for another dataset (shapes sizes) do not follow --dataset."""
+    from rcnn.engine.runner import DATASET_OPTIONS
+
+    valid = DATASET_OPTIONS["shapes" if cfg.dataset == "shapes" else "other"]
+    for key, value in recipe_options.items():
+        if key not in valid and cfg.dataset_options.get(key) == value:
+            del cfg.dataset_options[key]
 
 
 def _scale_lr(cfg: TrainConfig, recipe_batch: int, recipe_lr: float) -> None:
@@ -333,30 +345,7 @@ def _num(value: float | None) -> str:
 
 
 def _shapes_stand_in():
-    """A small Mask R-CNN for 128 px shapes until ``rcnn.zoo`` has its ``mask_rcnn_shapes``."""
-    from rcnn.zoo import Preset, get_preset
+    """``mask_rcnn_shapes`` from its module until ``rcnn.zoo`` lists it."""
+    from rcnn.models.shapes_preset import shapes_preset
 
-    model = get_preset("mask_rcnn_fpn_resnet18_v1b_coco").model
-    model.backbone.pretrained_base = False
-    model.backbone.norm, model.backbone.freeze_at = "gn", 0
-    model.input.train_short, model.input.test_short, model.input.max_size = (128,), 128, 128
-    model.fpn.out_channels = 64
-    model.anchors.style = "torchvision"
-    model.anchors.sizes = ((16,), (32,), (64,), (128,), (256,))
-    model.rpn.channels, model.rpn.per_level = 0, True
-    model.rpn.pre_nms_topk, model.rpn.post_nms_topk = (600, 300), (300, 100)
-    model.box_head.batch_size_per_image, model.box_head.fc_dim = 128, 256
-    model.box_head.pooler_resolution, model.box_head.pool_downsample = 7, 1
-    model.box_head.score_thresh, model.box_head.detections_per_img = 0.05, 100
-    model.mask_head.conv_dim, model.mask_head.num_conv = 64, 2
-    recipe = {
-        "epochs": 4,
-        "batch_size": 4,
-        "lr": 0.02,
-        "lr_decay_epoch": [3.0],
-        "lr_warmup": 50,
-        "val_interval": "0",
-        "save_interval": "100it",
-        "num_workers": 0,
-    }
-    return Preset(TrainConfig.network, model, recipe)
+    return shapes_preset()

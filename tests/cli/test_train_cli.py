@@ -230,3 +230,12 @@ def test_every_preset_recipe_resolves():
         for key, value in recipe.items():
             got = getattr(cfg, key)
             assert got == (list(value) if isinstance(value, tuple) else value), (name, key)
+
+
+def test_default_is_the_shapes_preset_and_its_options_stay_with_shapes():
+    cfg, _ = resolve_config(build_parser().parse_args(["train"]))
+    assert cfg.network == "mask_rcnn_shapes" and cfg.dataset == "shapes"
+    assert cfg.model.classes == ("square", "circle", "triangle") and cfg.model.mask_on
+    assert "num_train" in cfg.dataset_options
+    other, _ = resolve_config(build_parser().parse_args(["train", "--dataset", FRUITS]))
+    assert other.dataset_options == {}
