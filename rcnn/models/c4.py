@@ -130,6 +130,7 @@ class C4RoIHeads(RoIHeads):
             edge_weight = self.mask_cfg.edge_loss_weight
             losses.update(mask_losses(logits, gt_classes[pos] - 1, tgts, edge_weight=edge_weight))
             intermediates["mask_targets"] = tgts
+            intermediates["mask_logits"] = logits
         return losses, intermediates
 
 

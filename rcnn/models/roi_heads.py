@@ -144,17 +144,22 @@ class RoIHeads(nn.Module):
             "rcnn_box_weights": (gt_classes > 0)[:, None].expand_as(box_targets).float(),
         }
         if self.mask_head is not None:
-            mask_losses_, mask_targets_ = self.mask_train(features, samples, targets)
+            mask_losses_, mask_targets_, mask_logits = self.mask_train(features, samples, targets)
             losses.update(mask_losses_)
             intermediates["mask_targets"] = mask_targets_
+            intermediates["mask_logits"] = mask_logits
         return losses, intermediates
 
     def mask_features(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
         """Input of the mask head for ``boxes`` (one [R_i, 4] per image): RoIAlign (C4: + res5)."""
         return self.mask_pool(features, boxes)
 
-    def mask_train(self, features, samples, targets) -> tuple[dict[str, Tensor], Tensor]:
-        """Mask losses on positive RoIs; targets cropped from each instance's polygons / RLE."""
+    def mask_train(self, features, samples, targets) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Mask losses on positive RoIs; targets cropped from each instance's polygons / RLE.
+
+        Returns:
+            the losses, the mask targets [P, M, M] and the mask logits [P, C, M, M].
+        """
         size = 2 * self.mask_cfg.pooler_resolution
         pos_rois, classes, mask_tgts = [], [], []
         for rois, gt_classes, matched, target in zip(
@@ -173,7 +178,7 @@ class RoIHeads(nn.Module):
         mask_tgts = torch.cat(mask_tgts)
         edge_weight = self.mask_cfg.edge_loss_weight
         losses = mask_losses(logits, torch.cat(classes), mask_tgts, edge_weight=edge_weight)
-        return losses, mask_tgts
+        return losses, mask_tgts, logits
 
     @torch.no_grad()
     def forward_test(self, features, proposals, image_sizes) -> list[dict[str, Tensor]]:

@@ -94,6 +94,12 @@ def test_intermediates_are_returned(tiny_model):
     assert inter["rcnn_cls_targets"].shape == (num_rois,)
     num_pos = int((inter["rcnn_cls_targets"] > 0).sum())
     assert num_pos > 0 and inter["mask_targets"].shape == (num_pos, 28, 28)
+    assert inter["mask_logits"].shape == (num_pos, 2, 28, 28)
+    # The tutorial's hand-written mask loss: BCE on the GT class channel of each positive RoI.
+    pos_classes = inter["rcnn_cls_targets"][inter["rcnn_cls_targets"] > 0] - 1
+    logits = inter["mask_logits"][torch.arange(num_pos), pos_classes]
+    by_hand = torch.nn.functional.binary_cross_entropy_with_logits(logits, inter["mask_targets"])
+    assert torch.allclose(by_hand, out["loss_mask"], atol=1e-6)
 
 
 def test_eval_raw_images_and_batch_equals_singles():
