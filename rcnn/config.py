@@ -266,6 +266,21 @@ def apply_dict(obj: Any, data: dict[str, Any], *, prefix: str = "") -> None:
             setattr(obj, key, coerce(value, annotation, f"{prefix}{key}"))
 
 
+def nest_dotted(data: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1, "a": {"c": 2}}`` -> ``{"a": {"b": 1, "c": 2}}`` (for ``apply_dict``)."""
+    nested: dict[str, Any] = {}
+    for key, value in data.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for name in parents:
+            node = node.setdefault(name, {})
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf].update(nest_dotted(value))
+        else:
+            node[leaf] = nest_dotted(value) if isinstance(value, dict) else value
+    return nested
+
+
 def _check_key(obj: Any, key: str, prefix: str) -> None:
     names = [f.name for f in dataclasses.fields(obj)]
     if key not in names:

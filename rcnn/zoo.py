@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from rcnn.errors import UserError
 from rcnn.models.config import DEFAULT_BOX_CLIP, ModelConfig
@@ -253,7 +254,14 @@ def default_classes(name: str, cfg: ModelConfig) -> tuple[str, ...]:
     return tuple(cfg.classes)
 
 
-def get_model(name: str, *, pretrained=None, pretrained_base: bool = True, classes=None):
+def get_model(
+    name: str,
+    *,
+    pretrained=None,
+    pretrained_base: bool = True,
+    classes=None,
+    overrides: dict[str, Any] | None = None,
+):
     """Build model ``name`` (an ``RCNN``), optionally loading full weights from a local file.
 
     Args:
@@ -262,6 +270,8 @@ def get_model(name: str, *, pretrained=None, pretrained_base: bool = True, class
             URLs are refused: nothing is downloaded.
         pretrained_base: ImageNet initialisation of the body (a local file; otherwise a warning).
         classes: class names (default: the preset's dataset classes).
+        overrides: model config values to change, by dotted key (``{"backbone.name": "resnet18",
+            "input.test_short": 600}``) or nested dicts, checked as ``rcnn train --set model.*``.
     """
     from rcnn.models.build import build_model
     from rcnn.models.reset_class import pretrained_classes
@@ -269,6 +279,10 @@ def get_model(name: str, *, pretrained=None, pretrained_base: bool = True, class
     from rcnn.weights import torchvision as tv
 
     cfg = get_preset(name).model
+    if overrides:
+        from rcnn.config import apply_dict, nest_dotted
+
+        apply_dict(cfg, nest_dotted(overrides), prefix="model.")
     preset_classes = default_classes(name, cfg)
     cfg.classes = tuple(classes) if classes is not None else preset_classes
     if pretrained is True:

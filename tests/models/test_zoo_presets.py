@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import rcnn
+from rcnn.errors import UserError
 from rcnn.models.build import build_model
 from rcnn.structures import Targets
 from rcnn.zoo import get_preset
@@ -122,3 +123,17 @@ def test_c4_model_shapes():
     )
     assert pooled.shape == (1, 512, 7, 7)
     assert model.roi_heads.mask_head(pooled).shape == (1, 80, 14, 14)
+
+
+def test_get_model_overrides_by_dotted_key_and_rejects_unknown_keys():
+    model = rcnn.get_model(
+        "mask_rcnn_fpn_resnet50_v1b_coco",
+        pretrained_base=False,
+        classes=["a", "b"],
+        overrides={"backbone.name": "resnet18", "input": {"test_short": 320}},
+    )
+    assert model.cfg.backbone.name == "resnet18" and model.cfg.input.test_short == 320
+    preset = get_preset("mask_rcnn_fpn_resnet50_v1b_coco").model
+    assert model.cfg.input.max_size == preset.input.max_size
+    with pytest.raises(UserError, match=r"unknown key 'model\.backbone\.nme'"):
+        rcnn.get_model("mask_rcnn_fpn_resnet50_v1b_coco", overrides={"backbone.nme": "x"})
