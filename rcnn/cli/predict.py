@@ -1,6 +1,6 @@
 """`rcnn predict`: run a model on images, folders or globs; write overlays and COCO results.
 
-    rcnn predict photos/ more/*.jpg one.png --checkpoint run/model_final.pt --output preds/
+    rcnn predict photos/ more/*.jpg one.png --checkpoint runs/my_run/best.pth --output preds/
 
 Writes ``<output>/<image stem>.png`` (boxes, class names, scores and translucent masks of the
 detections scoring at least ``--threshold``), ``<output>/results.json`` (those detections in the
