@@ -140,6 +140,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
     if state is not None:
         _check_resume_config(state, cfg, args.resume)
         cfg.resume = str(args.resume)
+        if "output" not in given:  # the folder resumed, not where the run was first written
+            resume = Path(args.resume)
+            cfg.output = str(resume if resume.is_dir() else resume.parent)
     cfg.validate()
     return cfg, state
 
