@@ -15,18 +15,18 @@ RPN -> RoI heads: ``Proposals``; model (eval) -> user/evaluator: ``Detections``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-# One instance's mask: either a list of polygons, each a flat float64 array ``[x0, y0, x1, y1, ...]``
-# of at least 3 points (COCO's "segmentation" list form), or a COCO RLE dict
-# ``{"size": [H, W], "counts": bytes}`` (compressed counts; uncompressed counts are converted on load).
+# One instance's mask: either a list of polygons, each a flat float64 array
+# ``[x0, y0, x1, y1, ...]`` of at least 3 points (COCO's "segmentation" list form), or a COCO RLE
+# dict ``{"size": [H, W], "counts": bytes}`` (compressed; uncompressed counts are converted).
 Polygons = list[np.ndarray]
 RLE = dict[str, Any]
-InstanceMask = Union[Polygons, RLE]
+InstanceMask = Polygons | RLE
 
 
 def is_rle(mask: InstanceMask) -> bool:
@@ -40,7 +40,7 @@ class Record:
 
     Attributes:
         image_path: absolute path of the image file.
-        image_id: the id of the image in the source file (COCO ``image.id``; VOC: index in the list).
+        image_id: the image's id in the source file (COCO ``image.id``; VOC: index in the list).
         height: image height in pixels, as the annotation file states (checked against the file).
         width: image width in pixels.
         boxes: float32 ``[N, 4]`` XYXY in original image pixels.

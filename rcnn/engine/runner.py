@@ -105,6 +105,8 @@ def set_classes(cfg: TrainConfig, datasets: Datasets, resume_state: dict | None)
             "use a faster_rcnn network or --set model.mask_on=false"
         )
     cfg.model.classes = names
+    mapping = getattr(datasets.train, "label_to_category_id", None)
+    cfg.model.category_ids = tuple(int(c) for c in mapping) if mapping else ()
 
 
 def run_process(

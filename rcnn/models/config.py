@@ -174,11 +174,14 @@ class ModelConfig:
     Attributes:
         arch: ``"fpn"`` (P2-P6) or ``"c4"`` (single stride-16 feature, res5 box head).
         classes: class names; ``num_classes = len(classes)`` (no background).
+        category_ids: the training dataset's category id of each class (what a COCO results
+            file names them by); empty: label + 1.
         mask_on: add the mask branch (Mask R-CNN).
     """
 
     arch: str = "fpn"
     classes: tuple[str, ...] = ("object",)
+    category_ids: tuple[int, ...] = ()
     mask_on: bool = False
     input: InputConfig = field(default_factory=InputConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

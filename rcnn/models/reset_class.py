@@ -102,8 +102,10 @@ def reset_class(model: nn.Module, classes: Sequence[str], reuse_weights: ReuseWe
         predictor = _new_mask_predictor(heads.mask_head.predictor, len(classes), mapping)
         heads.mask_head.predictor = predictor
     model.cfg.classes = tuple(classes)
+    model.cfg.category_ids = ()  # the old dataset's ids no longer apply
     model.class_names = list(classes)
     model.num_classes = len(classes)
+    model.label_to_category_id = None
     return model
 
 
