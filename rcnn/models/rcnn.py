@@ -62,9 +62,7 @@ class RCNN(nn.Module):
         self.class_names = list(cfg.classes)
         self.num_classes = len(self.class_names)
         if cfg.category_ids and len(cfg.category_ids) != self.num_classes:
-            raise ValueError(
-                f"{len(cfg.category_ids)} category ids for {self.num_classes} classes"
-            )
+            raise ValueError(f"{len(cfg.category_ids)} category ids for {self.num_classes} classes")
         # label -> the source dataset's category id (COCO results files), or None: label + 1
         self.label_to_category_id = list(cfg.category_ids) or None
         self.backbone, self.rpn, self.roi_heads = backbone, rpn, roi_heads
