@@ -16,6 +16,7 @@ from typing import Any
 
 from rcnn.errors import UserError
 from rcnn.models.config import DEFAULT_BOX_CLIP, ModelConfig
+from rcnn.models.shapes_preset import SHAPES_RECIPE, shapes_model
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,9 @@ def _gluoncv_fpn(backbone: str, *, mask: bool) -> ModelConfig:
     box.box_clip = rpn.box_clip
     box.smooth_l1_beta = 1.0  # --rcnn-smoothl1-rho 1.0
     box.score_thresh = 0.01  # MultiPerClassDecoder's default thresh
-    box.detections_per_img = 1000 if mask else -1  # rcnn_max_dets / post_nms -1 (all)
+    # deviation from gluoncv: at most 100 detections (rcnn_max_dets 1000 / post_nms -1 there):
+    # COCO AP counts the top 100 per image, and 1000 full-resolution masks take ~1 GB per image
+    box.detections_per_img = 100
     if mask and backbone != "resnet18":
         box.pooler_resolution, box.pool_downsample = 14, 2  # RoI 14, box head avg-pools to 7
     if mask and backbone == "resnet18":
@@ -169,7 +172,7 @@ def _gluoncv_c4(backbone: str, *, mask: bool, voc: bool = False) -> ModelConfig:
     box.smooth_l1_beta = 1.0  # --rcnn-smoothl1-rho 1.0
     box.score_thresh = 0.01  # MultiPerClassDecoder's default thresh
     box.nms_thresh, box.nms_topk = (0.3, 400) if voc else (0.5, -1)
-    box.detections_per_img = 100 if voc else (1000 if mask else -1)  # post_nms / rcnn_max_dets
+    box.detections_per_img = 100  # gluoncv: post_nms 100 (VOC); COCO: see _gluoncv_fpn
     if mask:  # Mask(num_fcn_convs=0, mask_channels=256): deconv on res5's 7x7 -> 14x14 masks
         cfg.mask_head.num_conv, cfg.mask_head.conv_dim = 0, 256
         cfg.mask_head.pooler_resolution = 14
@@ -229,6 +232,7 @@ PRESETS: dict[str, tuple[Callable[[], ModelConfig], dict]] = {
         lambda: _gluoncv_c4("resnet101_v1d", mask=True),
         GLUONCV_COCO_RECIPE,
     ),
+    "mask_rcnn_shapes": (shapes_model, SHAPES_RECIPE),  # rcnn/models/shapes_preset.py
 }
 
 
