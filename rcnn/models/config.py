@@ -57,6 +57,10 @@ class BackboneConfig:
         stem: ``"torchvision"`` (7x7 conv) or ``"v1d"`` (GluonCV's ResNet-v1d: deep 3x3 stem and
             average-pool shortcuts, ``rcnn/models/stems.py``).
         pretrained_base: ImageNet weights for the body (a local file; never downloaded).
+        width: channels of layer1 of a BasicBlock body (``resnet10|18|34``), doubled by each later
+            layer; 64 is torchvision's (the only width with ImageNet weights). A narrow body
+            (``resnet10`` at width 16: one block per stage, channels 16/32/64/128) is for training
+            from scratch on a CPU (``mask_rcnn_shapes``).
         weights: explicit ImageNet weight file for ``pretrained_base`` (else
             ``$RCNN_BACKBONE_WEIGHTS``, else torchvision's file in the torch hub cache;
             ``rcnn/models/pretrained.py``).
@@ -67,6 +71,7 @@ class BackboneConfig:
     norm_eps: float = 1e-5
     freeze_at: int = 2
     stem: str = "torchvision"
+    width: int = 64
     pretrained_base: bool = True
     weights: str = ""
 

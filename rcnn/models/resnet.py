@@ -25,6 +25,58 @@ BODIES = {
     "resnext101_32x8d": (tv_resnet.resnext101_32x8d, 256),
 }
 STAGES = ("layer1", "layer2", "layer3", "layer4")
+# blocks per stage of the BasicBlock bodies (resnet10 exists only as a from-scratch body)
+BASIC_LAYERS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+def basic_resnet(layers: tuple[int, ...], width: int, norm_layer) -> nn.Module:
+    """A BasicBlock ResNet whose layer1 has ``width`` channels, with torchvision's module names.
+
+    torchvision's ``ResNet`` hard-codes 64/128/256/512 planes (``width_per_group`` only widens
+    Bottlenecks), so the stages are built here from its ``BasicBlock`` with its stem and
+    initialisation (``torchvision/models/resnet.py``).
+    """
+    net = nn.Module()
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = norm_layer(width)
+    net.relu = nn.ReLU(inplace=True)
+    net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    in_planes = width
+    for index, count in enumerate(layers):
+        planes, stride = width * 2**index, 1 if index == 0 else 2
+        blocks = []
+        for block_index in range(count):
+            down = None
+            if block_index == 0 and (stride != 1 or in_planes != planes):
+                down = nn.Sequential(
+                    tv_resnet.conv1x1(in_planes, planes, stride), norm_layer(planes)
+                )
+            step = stride if block_index == 0 else 1
+            blocks.append(
+                tv_resnet.BasicBlock(in_planes, planes, step, down, norm_layer=norm_layer)
+            )
+            in_planes = planes
+        setattr(net, STAGES[index], nn.Sequential(*blocks))
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return net
+
+
+def make_net(cfg: BackboneConfig) -> tuple[nn.Module, int]:
+    """The torchvision-style network named by ``cfg`` and its c2 channels."""
+    norm_layer = norm_factory(cfg.norm, eps=cfg.norm_eps)
+    if cfg.width != 64 or cfg.name not in BODIES:
+        if cfg.name not in BASIC_LAYERS:
+            raise ValueError(
+                f"unknown backbone {cfg.name!r} (width {cfg.width}); expected one of "
+                f"{sorted(BODIES)}, or {sorted(BASIC_LAYERS)} with any width"
+            )
+        return basic_resnet(
+            BASIC_LAYERS[cfg.name], cfg.width, norm_layer or nn.BatchNorm2d
+        ), cfg.width
+    builder, c2_channels = BODIES[cfg.name]
+    return builder(weights=None, norm_layer=norm_layer), c2_channels
 
 
 class ResNetBody(nn.Module):
@@ -40,10 +92,7 @@ class ResNetBody(nn.Module):
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
-        if cfg.name not in BODIES:
-            raise ValueError(f"unknown backbone {cfg.name!r}; expected one of {sorted(BODIES)}")
-        builder, c2_channels = BODIES[cfg.name]
-        net = builder(weights=None, norm_layer=norm_factory(cfg.norm, eps=cfg.norm_eps))
+        net, c2_channels = make_net(cfg)
         if cfg.stem == "v1d":  # GluonCV's ResNet-v1d: deep stem + avg-pool shortcuts
             make_v1d(net, norm_factory(cfg.norm, eps=cfg.norm_eps) or nn.BatchNorm2d)
         elif cfg.stem != "torchvision":

@@ -34,7 +34,7 @@ def sample(with_masks: bool) -> tuple[torch.Tensor, Targets]:
     square = [np.array([4, 5, 30, 5, 30, 28, 4, 28], dtype=np.float64)]
     target = Targets(
         boxes=torch.tensor([[4.0, 5.0, 30.0, 28.0]]),
-        labels=torch.tensor([3]),
+        labels=torch.tensor([2]),  # a label every preset has (mask_rcnn_shapes: 3 classes)
         ignore=torch.tensor([False]),
         image_id=0,
         image_size=(HEIGHT, WIDTH),
