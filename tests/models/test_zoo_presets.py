@@ -100,7 +100,7 @@ def test_gluoncv_c4_coco_defaults():
     assert get_preset("mask_rcnn_resnet18_v1b_coco").model.box_head.batch_size_per_image == 256
     v1d = get_preset("faster_rcnn_resnet101_v1d_coco").model
     assert v1d.backbone.name == "resnet101" and v1d.backbone.stem == "v1d"
-    assert v1d.box_head.box_clip == 4.14 and v1d.box_head.detections_per_img == -1
+    assert v1d.box_head.box_clip == 4.14 and v1d.box_head.detections_per_img == 100
 
 
 def test_c4_model_shapes():
