@@ -126,6 +126,9 @@ def roi_align(
     workers = min(torch.get_num_threads(), len(rois) // MIN_ROIS_PER_THREAD)
     if feature.device.type != "cpu" or workers < 2 or torch.jit.is_scripting():
         return tv_roi_align(feature, rois, size, spatial_scale, sampling_ratio, aligned)
+    if feature.dtype != torch.float32:  # float32 CPU kernels; worker threads run without autocast
+        pooled = roi_align(feature.float(), rois, size, spatial_scale, sampling_ratio, aligned)
+        return pooled.to(feature.dtype)
     feature = feature.contiguous()
     rois = rois.to(feature.dtype)
     return _ParallelRoIAlign.apply(
