@@ -178,12 +178,9 @@ def _network(args: argparse.Namespace, file_data: dict) -> str:
 
 
 def _from_preset(network: str) -> TrainConfig:
-    from rcnn.zoo import get_preset, list_models
+    from rcnn.zoo import get_preset
 
-    if network == TrainConfig.network and network not in list_models():
-        preset = _shapes_stand_in()
-    else:
-        preset = get_preset(network)  # UserError listing the known names
+    preset = get_preset(network)  # UserError listing the known names
     cfg = TrainConfig(network=network)
     for key, value in preset.recipe.items():
         apply_dict(cfg, {key: list(value) if isinstance(value, tuple) else value})
@@ -345,10 +342,3 @@ def _print_summary(summary: dict, start: float | None) -> None:
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def _shapes_stand_in():
-    """``mask_rcnn_shapes`` from its module until ``rcnn.zoo`` lists it."""
-    from rcnn.models.shapes_preset import shapes_preset
-
-    return shapes_preset()

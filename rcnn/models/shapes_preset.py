@@ -20,8 +20,6 @@ Where a step's time goes: the backward of the convolutions (~40%, mostly the mas
 
 from __future__ import annotations
 
-import copy
-
 from rcnn.models.config import ModelConfig
 
 SHAPES_CLASSES = ("square", "circle", "triangle")
@@ -77,10 +75,3 @@ def shapes_model() -> ModelConfig:
     mask.pooler_resolution, mask.num_conv, mask.conv_dim = 14, 2, 64  # 28 x 28 masks
     mask.sampling_ratio = 1
     return cfg
-
-
-def shapes_preset():
-    """The ``mask_rcnn_shapes`` preset: ``Preset(name, model, recipe)``."""
-    from rcnn.zoo import Preset  # here, not at the top: rcnn.zoo imports this module
-
-    return Preset("mask_rcnn_shapes", shapes_model(), copy.deepcopy(SHAPES_RECIPE))

@@ -9,17 +9,12 @@ from rcnn.data import TrainTransform, build_dataset
 from rcnn.engine.optim import build_optimizer
 from rcnn.engine.train import Schedule
 from rcnn.models.build import build_model
-from rcnn.models.shapes_preset import (
-    MAX_ITERS,
-    NUM_TRAIN,
-    SHAPES_CLASSES,
-    shapes_model,
-    shapes_preset,
-)
+from rcnn.models.shapes_preset import MAX_ITERS, NUM_TRAIN, SHAPES_CLASSES, shapes_model
+from rcnn.zoo import get_preset
 
 
 def test_recipe_resolves_to_a_valid_train_config():
-    preset = shapes_preset()
+    preset = get_preset("mask_rcnn_shapes")
     cfg = TrainConfig(network=preset.name)
     for key, value in preset.recipe.items():
         apply_dict(cfg, {key: value})
@@ -28,7 +23,7 @@ def test_recipe_resolves_to_a_valid_train_config():
     schedule = Schedule.from_config(cfg, NUM_TRAIN, 1)
     assert schedule.max_iters == MAX_ITERS == 800
     assert cfg.dataset_options["num_train"] == NUM_TRAIN
-    assert preset.recipe is not shapes_preset().recipe  # a fresh copy each call
+    assert preset.recipe is not get_preset("mask_rcnn_shapes").recipe  # a fresh copy each call
 
 
 def test_model_is_the_narrow_design():
