@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 from torchvision.models import detection
-from torchvision.ops.misc import FrozenBatchNorm2d
 
+from rcnn.models.layers import freeze_batchnorm
 from rcnn.structures import Targets
 from rcnn.weights import load_torchvision
 
@@ -74,18 +74,6 @@ def load_samples(size: tuple[int, int], count: int = 2) -> list[Sample]:
         theirs = {"boxes": boxes, "labels": labels, "masks": torch.from_numpy(bitmaps)}
         out.append(Sample(image, image.float() / 255, ours, theirs))
     return out
-
-
-def freeze_batchnorm(module: nn.Module) -> None:
-    """Replace every BatchNorm2d by a FrozenBatchNorm2d with the same statistics (in place)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                getattr(frozen, key).copy_(getattr(child, key).detach())
-            setattr(module, name, frozen)
-        else:
-            freeze_batchnorm(child)
 
 
 def torchvision_skeleton(arch: str, size: tuple[int, int]) -> nn.Module:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rcnn.models.box_head import BoxPredictor, box_losses
+from rcnn.models.box_head import BoxPredictor
 from rcnn.models.config import BoxHeadConfig, MaskHeadConfig, ModelConfig
 from rcnn.models.edge_loss import mask_losses
 from rcnn.models.mask_head import MaskHead
 from rcnn.models.resnet import ResNetBody
-from rcnn.models.roi_heads import RoIHeads, sample_rois
+from rcnn.models.roi_heads import RoIHeads, box_step, sample_rois
 from rcnn.ops.boxes import BoxCoder
 from rcnn.ops.masks import mask_targets
 from rcnn.ops.pooling import MultiLevelRoIPool
@@ -109,20 +109,8 @@ class C4RoIHeads(RoIHeads):
         samples = sample_rois(proposals, targets, self.box_cfg)
         top = self.mask_features(features, samples["rois"])  # [R, D5, 7, 7]
         cls_logits, box_deltas = self.box_predictor(top.mean(dim=(2, 3)))
-        gt_classes = torch.cat(samples["gt_classes"])
-        box_targets = torch.cat(samples["box_targets"])
-        losses = box_losses(
-            cls_logits, box_deltas, gt_classes, box_targets, beta=self.box_cfg.smooth_l1_beta
-        )
-        intermediates = {
-            "rois": samples["rois"],
-            "matched_gt": samples["matched"],
-            "rcnn_cls_logits": cls_logits,
-            "rcnn_box_deltas": box_deltas,
-            "rcnn_cls_targets": gt_classes,
-            "rcnn_box_targets": box_targets,
-            "rcnn_box_weights": (gt_classes > 0)[:, None].expand_as(box_targets).float(),
-        }
+        losses, intermediates = box_step(samples, cls_logits, box_deltas, self.box_cfg)
+        gt_classes = intermediates["rcnn_cls_targets"]
         if self.mask_head is not None:
             pos = torch.where(gt_classes > 0)[0]
             tgts = positive_mask_targets(samples, targets, 2 * top.shape[-1])

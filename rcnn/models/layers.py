@@ -51,3 +51,20 @@ def conv_norm(
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` below ``module`` by a ``FrozenBatchNorm2d`` (in place).
+
+    The frozen layers keep the statistics and affine parameters (as torchvision's detection
+    builders do whenever weights are loaded). Returns ``module``.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module

@@ -82,6 +82,28 @@ def postprocess_boxes(
     return boxes[keep], scores[keep], labels[keep]
 
 
+def box_step(samples: dict, cls_logits: Tensor, box_deltas: Tensor, cfg) -> tuple[dict, dict]:
+    """Box losses of sampled RoIs and the tutorial's intermediates (FPN and C4 heads alike).
+
+    Args:
+        samples: ``sample_rois``'s output (``rois``, ``matched``, ``gt_classes``, ``box_targets``
+            per image); cls_logits: [R, C+1]; box_deltas: [R, 4C]; cfg: the ``BoxHeadConfig``.
+    """
+    gt_classes = torch.cat(samples["gt_classes"])
+    box_targets = torch.cat(samples["box_targets"])
+    losses = box_losses(cls_logits, box_deltas, gt_classes, box_targets, beta=cfg.smooth_l1_beta)
+    intermediates = {
+        "rois": samples["rois"],
+        "matched_gt": samples["matched"],
+        "rcnn_cls_logits": cls_logits,
+        "rcnn_box_deltas": box_deltas,
+        "rcnn_cls_targets": gt_classes,
+        "rcnn_box_targets": box_targets,
+        "rcnn_box_weights": (gt_classes > 0)[:, None].expand_as(box_targets).float(),
+    }
+    return losses, intermediates
+
+
 class RoIHeads(nn.Module):
     """Box branch (+ mask branch): losses in training, detections in inference."""
 
@@ -129,20 +151,7 @@ class RoIHeads(nn.Module):
         """Losses / diagnostics and intermediates of one training step."""
         samples = sample_rois(proposals, targets, self.box_cfg)
         cls_logits, box_deltas = self.box_forward(features, samples["rois"])
-        gt_classes = torch.cat(samples["gt_classes"])
-        box_targets = torch.cat(samples["box_targets"])
-        losses = box_losses(
-            cls_logits, box_deltas, gt_classes, box_targets, beta=self.box_cfg.smooth_l1_beta
-        )
-        intermediates = {
-            "rois": samples["rois"],
-            "matched_gt": samples["matched"],
-            "rcnn_cls_logits": cls_logits,
-            "rcnn_box_deltas": box_deltas,
-            "rcnn_cls_targets": gt_classes,
-            "rcnn_box_targets": box_targets,
-            "rcnn_box_weights": (gt_classes > 0)[:, None].expand_as(box_targets).float(),
-        }
+        losses, intermediates = box_step(samples, cls_logits, box_deltas, self.box_cfg)
         if self.mask_head is not None:
             mask_losses_, mask_targets_, mask_logits = self.mask_train(features, samples, targets)
             losses.update(mask_losses_)

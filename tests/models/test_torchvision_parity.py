@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models import detection
-from torchvision.ops.misc import FrozenBatchNorm2d
 
+from rcnn.models.layers import freeze_batchnorm
 from rcnn.weights import load_torchvision
 
 MIN_SIZE, MAX_SIZE, DETECTIONS = 200, 256, 20
@@ -64,18 +64,6 @@ def calibrated_torchvision(name: str, images: list[torch.Tensor]) -> nn.Module:
     if not name.endswith("_v2"):  # v1 bodies use FrozenBatchNorm2d whenever weights are loaded
         freeze_batchnorm(model.backbone.body)
     return model.eval()
-
-
-def freeze_batchnorm(module: nn.Module) -> None:
-    """Replace BatchNorm2d by FrozenBatchNorm2d with the same statistics (in place)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                getattr(frozen, key).copy_(getattr(child, key).detach())
-            setattr(module, name, frozen)
-        else:
-            freeze_batchnorm(child)
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
