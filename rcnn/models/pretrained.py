@@ -50,12 +50,14 @@ def find_weights(cfg: BackboneConfig) -> str | None:
         if not os.path.isfile(explicit):
             raise CheckpointError(f"{explicit}: backbone weight file (from {origin}) not found")
         return explicit
-    if cfg.stem != "torchvision":
+    width = getattr(cfg, "width", 64)
+    if cfg.stem != "torchvision" or width != 64 or cfg.name not in torchvision.models.list_models():
         logger.warning(
-            "no ImageNet weights for %s with the %s stem (torchvision has none): set %s or "
-            "model.backbone.weights to a converted state dict; the body starts from random init",
+            "no ImageNet weights for %s (stem %s, width %d): torchvision publishes none; set %s "
+            "or model.backbone.weights to a converted state dict; the body starts from random init",
             cfg.name,
             cfg.stem,
+            width,
             ENV_VAR,
         )
         return None

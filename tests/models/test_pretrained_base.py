@@ -119,3 +119,16 @@ def test_off_does_not_look_for_weights(tmp_path):
     cfg = config(weights=str(tmp_path / "nope.pth"))
     cfg.backbone.pretrained_base = False
     build_model(cfg)  # no error: the file is not needed
+
+
+def test_narrow_body_warns_instead_of_looking_up_weights(tmp_path, monkeypatch, caplog):
+    """torchvision has no resnet10 / width-16 weights: a warning, random init, no exception."""
+    from rcnn.zoo import get_preset
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    cfg = get_preset("mask_rcnn_shapes").model
+    cfg.backbone.pretrained_base = True
+    with caplog.at_level(logging.WARNING, logger="rcnn.models.pretrained"):
+        build_model(cfg)
+    assert "no ImageNet weights for resnet10 (stem torchvision, width 16)" in caplog.text
