@@ -184,6 +184,9 @@ class _Loop:
             metrics, stopped = self._iterate(batches, log, validator)
         finally:
             log.close()
+        # every rank leaves together, after the main rank's last save: a rank that tears down
+        # its process group while another still works made gloo abort (seen in the 2-process test)
+        du.barrier()
         return TrainResult(
             iterations=self.iteration,
             max_iters=sched.max_iters,
