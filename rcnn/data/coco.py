@@ -23,9 +23,9 @@ from rcnn.data.records import (
     Instance,
     ParsedDataset,
     Problem,
+    add_record,
     check_box,
     holdout_split,
-    is_empty,
     make_record,
 )
 from rcnn.errors import DatasetError
@@ -285,7 +285,7 @@ def load_coco(
         if image_id not in keep:
             continue
         record = _record(image_id, entry, by_image.get(image_id, []), ctx, problems)
-        _add_record(parsed, record, skip_empty)
+        add_record(parsed, record, skip_empty)
     parsed.num_small = ctx["num_small"]
     return parsed
 
@@ -301,17 +301,3 @@ def _record(image_id: int, entry: dict, anns: list[dict], ctx: dict, problems: l
         has_masks=ctx["has_masks"],
         file_name=entry["file_name"],
     )
-
-
-def _add_record(parsed: ParsedDataset, record, skip_empty: bool) -> None:
-    if not os.path.isfile(record.image_path):
-        parsed.missing_images.append(record.image_path)
-        parsed.problems.append(
-            Problem(record.image_path, None, "missing_image", "image file not found")
-        )
-    if is_empty(record):
-        parsed.num_empty += 1
-        if skip_empty:
-            parsed.num_skipped_empty += 1
-            return
-    parsed.records.append(record)

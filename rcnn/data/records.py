@@ -7,6 +7,7 @@ report lists exactly what training will do with each problem.
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,21 @@ class ParsedDataset:
 def is_empty(record: Record) -> bool:
     """True when the record has no instance that is not an ignore region."""
     return not bool((~record.ignore).any()) if len(record) else True
+
+
+def add_record(parsed: ParsedDataset, record: Record, skip_empty: bool) -> None:
+    """Append ``record`` to ``parsed``, counting a missing image file and an empty record."""
+    if not os.path.isfile(record.image_path):
+        parsed.missing_images.append(record.image_path)
+        parsed.problems.append(
+            Problem(record.image_path, None, "missing_image", "image file not found")
+        )
+    if is_empty(record):
+        parsed.num_empty += 1
+        if skip_empty:
+            parsed.num_skipped_empty += 1
+            return
+    parsed.records.append(record)
 
 
 def make_record(

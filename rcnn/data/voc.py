@@ -18,9 +18,9 @@ from rcnn.data.records import (
     Instance,
     ParsedDataset,
     Problem,
+    add_record,
     check_box,
     holdout_split,
-    is_empty,
     make_record,
 )
 from rcnn.errors import DatasetError
@@ -130,17 +130,7 @@ def build_voc(
             has_masks=False,
             file_name=os.path.basename(item["image_path"]),
         )
-        if not os.path.isfile(record.image_path):
-            parsed.missing_images.append(record.image_path)
-            problems.append(
-                Problem(record.image_path, None, "missing_image", "image file not found")
-            )
-        if is_empty(record):
-            parsed.num_empty += 1
-            if skip_empty:
-                parsed.num_skipped_empty += 1
-                continue
-        parsed.records.append(record)
+        add_record(parsed, record, skip_empty)
     return parsed
 
 
