@@ -9,7 +9,6 @@ left), unknown category or image ids dropped, duplicate annotation ids kept and 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import defaultdict
@@ -29,19 +28,14 @@ from rcnn.data.records import (
     make_record,
 )
 from rcnn.errors import DatasetError
+from rcnn.jsonfile import load_json_file
 
 AREA_TOLERANCE = 0.01  # relative difference above which the json's ``area`` is reported wrong
 
 
 def read_json(path: str) -> dict[str, Any]:
     """Load a COCO json and check its top-level layout."""
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: annotation file not found")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: not valid JSON ({error})") from error
+    data = load_json_file(path, "annotation file", DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):

@@ -29,6 +29,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from rcnn.errors import UserError
+from rcnn.jsonfile import load_json_file
 from rcnn.structures import InstanceMask, Record, is_rle
 
 logger = logging.getLogger(__name__)
@@ -195,13 +196,7 @@ def load_coco_json(path: str | Path) -> COCO:
         UserError: the file is missing, is not json, or is not a COCO instances file.
     """
     path = str(path)
-    if not Path(path).is_file():
-        raise UserError(f"annotation file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: not valid json ({error})") from error
+    data = load_json_file(path, "annotation file")
     images = _require(data, "images", list, path)
     annotations = _require(data, "annotations", list, path)
     categories = _require(data, "categories", list, path)

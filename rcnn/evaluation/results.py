@@ -6,7 +6,6 @@ objects, with ``"segmentation"`` (a compressed RLE) for instance masks. Extra ke
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from pycocotools import mask as mask_util
 
 from rcnn.errors import UserError
 from rcnn.evaluation.coco_gt import mask_to_rle, rle_to_json
+from rcnn.jsonfile import load_json_file
 from rcnn.structures import Detections
 
 REQUIRED_KEYS = ("image_id", "category_id", "bbox", "score")
@@ -90,13 +90,7 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
             bbox / score.
     """
     path = str(path)
-    if not Path(path).is_file():
-        raise UserError(f"results file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: not valid json ({error})") from error
+    results = load_json_file(path, "results file")
     if not isinstance(results, list):
         raise UserError(
             f"{path}: expected a json list of {{image_id, category_id, bbox, score}} objects, "

@@ -209,7 +209,7 @@ def test_unknown_ids_are_named(coco_files):
         ('[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}]', "entry 0 lacks score"),
         ('[{"image_id": 1, "category_id": 1, "bbox": [1, 2], "score": 1}]', "bbox must be"),
         ("[1, 2]", "entry 0 is not an object"),
-        ("[{", "not valid json"),
+        ("[{", "not valid JSON"),
     ],
 )
 def test_malformed_results_files(tmp_path, content, message):
@@ -220,7 +220,7 @@ def test_malformed_results_files(tmp_path, content, message):
 
 
 def test_missing_and_malformed_annotation_files(tmp_path):
-    with pytest.raises(UserError, match=r"annotation file not found.*nope\.json"):
+    with pytest.raises(UserError, match=r"nope\.json: annotation file not found"):
         load_coco_json(tmp_path / "nope.json")
     with pytest.raises(UserError, match="results file not found"):
         load_results(tmp_path / "nope.json")
