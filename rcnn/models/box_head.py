@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcnn.models.config import BoxHeadConfig
-from rcnn.models.layers import conv_norm
+from rcnn.models.layers import conv_stack
 
 
 class TwoFCHead(nn.Module):
@@ -33,18 +33,7 @@ class ConvFCHead(nn.Module):
 
     def __init__(self, in_channels: int, resolution: int, cfg: BoxHeadConfig) -> None:
         super().__init__()
-        self.convs = nn.Sequential(
-            *(
-                conv_norm(
-                    in_channels if i == 0 else cfg.conv_dim,
-                    cfg.conv_dim,
-                    3,
-                    norm=cfg.norm,
-                    relu=True,
-                )
-                for i in range(cfg.num_conv)
-            )
-        )
+        self.convs = conv_stack(in_channels, cfg.conv_dim, cfg.num_conv, norm=cfg.norm)
         channels = cfg.conv_dim if cfg.num_conv else in_channels
         self.fc1 = nn.Linear(channels * resolution * resolution, cfg.fc_dim)
         self.out_dim = cfg.fc_dim

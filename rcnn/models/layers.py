@@ -68,3 +68,14 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
         else:
             freeze_batchnorm(child)
     return module
+
+
+def conv_stack(in_channels: int, dim: int, num: int, *, norm: str = "") -> nn.Sequential:
+    """``num`` x (3x3 conv to ``dim`` [+ norm] + ReLU): the conv part of the 4conv1fc box head
+    and of the FPN mask head."""
+    return nn.Sequential(
+        *(
+            conv_norm(in_channels if i == 0 else dim, dim, 3, norm=norm, relu=True)
+            for i in range(num)
+        )
+    )

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcnn.models.config import MaskHeadConfig
-from rcnn.models.layers import conv_norm
+from rcnn.models.layers import conv_stack
 
 
 class MaskHead(nn.Module):
@@ -25,18 +25,7 @@ class MaskHead(nn.Module):
 
     def __init__(self, cfg: MaskHeadConfig, in_channels: int, num_classes: int) -> None:
         super().__init__()
-        self.convs = nn.Sequential(
-            *(
-                conv_norm(
-                    in_channels if i == 0 else cfg.conv_dim,
-                    cfg.conv_dim,
-                    3,
-                    norm=cfg.norm,
-                    relu=True,
-                )
-                for i in range(cfg.num_conv)
-            )
-        )
+        self.convs = conv_stack(in_channels, cfg.conv_dim, cfg.num_conv, norm=cfg.norm)
         channels = cfg.conv_dim if cfg.num_conv else in_channels
         self.deconv = nn.ConvTranspose2d(channels, cfg.conv_dim, 2, stride=2)
         self.predictor = nn.Conv2d(cfg.conv_dim, num_classes, 1)
