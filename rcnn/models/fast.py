@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from rcnn.models.layers import FrozenBN
+
 
 class FoldedConv2d(nn.Conv2d):
     """A conv followed by a frozen BN, computed as one conv with scaled weight and a bias.
@@ -58,7 +60,7 @@ def _conv_bn_pairs(module: nn.Module):
     """
     children = dict(module.named_children())
     for name, child in children.items():
-        if type(child) is not FrozenBatchNorm2d:
+        if type(child) not in (FrozenBatchNorm2d, FrozenBN):
             continue
         partner = children.get(name.replace("bn", "conv")) if name.startswith("bn") else None
         if partner is None and name.isdigit():

@@ -7,20 +7,50 @@ from __future__ import annotations
 
 from functools import partial
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 NORMS = ("", "frozen_bn", "bn", "gn", "syncbn")
 
 
+class FrozenBN(FrozenBatchNorm2d):
+    """torchvision's ``FrozenBatchNorm2d`` (same buffers and state-dict keys, same arithmetic
+    ``x * scale + shift``) that can work in place on its input.
+
+    With ``inplace=True`` (as ``nn.ReLU(inplace=True)``: only where the input is a temporary that
+    nothing else reads, e.g. a conv's output) the two elementwise passes write into ``x`` instead
+    of two new tensors: the same float operations in the same order, so outputs and gradients are
+    bit-identical to torchvision's, with two fewer activation-sized allocations per layer. The
+    backward needs only ``scale``, so autograd allows it on a conv output.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, *, inplace: bool = False) -> None:
+        super().__init__(num_features, eps=eps)
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, D, H, W] -> [B, D, H, W]."""
+        if not self.inplace or (x.is_leaf and x.requires_grad):
+            return super().forward(x)
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x.mul_(scale.reshape(1, -1, 1, 1)).add_(shift.reshape(1, -1, 1, 1))
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + (", inplace=True)" if self.inplace else ")")
+
+
 def norm_factory(name: str, *, eps: float = 1e-5):
-    """A callable ``channels -> nn.Module`` for norm ``name``, or None for ``""``."""
+    """A callable ``channels -> nn.Module`` for norm ``name``, or None for ``""``.
+
+    Every norm of the models follows a conv, so frozen BN works in place (``FrozenBN``).
+    """
     if name not in NORMS:
         raise ValueError(f"unknown norm {name!r}; expected one of {NORMS}")
     if name == "":
         return None
     if name == "frozen_bn":
-        return partial(FrozenBatchNorm2d, eps=eps)
+        return partial(FrozenBN, eps=eps, inplace=True)
     if name == "bn":
         return partial(nn.BatchNorm2d, eps=eps)
     if name == "syncbn":
