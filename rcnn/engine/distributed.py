@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from rcnn.engine.runtime import keep_freed_memory
 from rcnn.errors import UserError
 
 
@@ -117,6 +118,7 @@ def spawn_workers(fn: Callable[..., Any], nprocs: int, args: tuple = ()) -> None
 def _spawned_entry(local_rank: int, fn: Callable[..., Any], args: tuple) -> None:
     os.environ["RANK"] = str(local_rank)
     os.environ["LOCAL_RANK"] = str(local_rank)
+    keep_freed_memory()  # a spawned interpreter starts with malloc's defaults again
     fn(local_rank, *args)
 
 
