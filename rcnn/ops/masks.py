@@ -121,10 +121,11 @@ def _paste_window(
     cols = _interp_weights(grown[:, 0] - x0, box_w, padded.shape[-1], win_w)
     # columns first, then rows: the grouping of upsample_bilinear2d (exact ties at 0.5 agree)
     local = torch.bmm(rows, torch.bmm(padded, cols.transpose(1, 2))) > threshold
-    inside_y = torch.arange(win_h, device=out.device)[None] < (y1 - y0)[:, None]
-    inside_x = torch.arange(win_w, device=out.device)[None] < (x1 - x0)[:, None]
-    idx, row, col = torch.where(local & inside_y[:, :, None] & inside_x[:, None, :])
-    out[idx, y0[idx] + row, x0[idx] + col] = True
+    # each box's clipped h x w corner of its window goes to rows y0.., columns x0.. (slice copies:
+    # no index tensors over the n x h x w pixels)
+    corners = torch.stack((y0, x0, y1 - y0, x1 - x0), 1).tolist()
+    for i, (top, left, h, w) in enumerate(corners):
+        out[i, top : top + h, left : left + w] = local[i, :h, :w]
 
 
 def paste_masks(
