@@ -39,6 +39,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import bench_setup as bs
+from rcnn.engine.runtime import keep_freed_memory
 from rcnn.models.fast import optimize
 
 OPTIONS = ("fold_bn", "channels_last")
@@ -117,12 +118,15 @@ class Runner:
         return time.perf_counter() - start
 
 
-def build_pair(arch: str, size: tuple[int, int], device: torch.device, options: str):
-    """(samples, torchvision model, our model) from the same seeded, calibrated weights."""
+def build_models(arch: str, size: tuple[int, int], options: str) -> tuple[list, dict]:
+    """(samples, {name: model}) from the same seeded, calibrated weights: torchvision's, ours
+    (exact: the default model) and, when ``options`` names any, ours with those speed options."""
     samples = bs.load_samples(size)
     theirs = bs.build_torchvision(arch, samples, size)
-    ours = optimize_ours(bs.build_ours(arch, theirs, size), options)
-    return samples, theirs, ours
+    models = {"torchvision": theirs, "ours": bs.build_ours(arch, theirs, size)}
+    if options:
+        models["ours_fast"] = optimize_ours(bs.build_ours(arch, theirs, size), options)
+    return samples, models
 
 
 def optimize_ours(model, options: str):
@@ -157,6 +161,7 @@ def count_flops(fn) -> float:
 def child_main(spec: str) -> None:
     """Peak RSS and FLOPs of one model in a fresh process: ``arch,HxW,impl,state_path,options``."""
     arch, size_text, impl, path, options = spec.split(",", 4)
+    keep_freed_memory()  # as the parent (RCNN_MALLOC=system, inherited, turns it off)
     size = parse_size(size_text)
     device = torch.device("cpu")
     samples = bs.load_samples(size)
@@ -164,7 +169,9 @@ def child_main(spec: str) -> None:
     if impl == "torchvision":
         model = bs.load_torchvision_model(arch, state, size)
     else:
-        model = optimize_ours(bs.build_ours_from_state(arch, state, size), options)
+        model = bs.build_ours_from_state(arch, state, size)
+        if impl == "ours_fast":
+            model = optimize_ours(model, options)
     del state
     runner = Runner(impl, model, arch, samples, device)
     flops_infer = count_flops(runner.infer)
@@ -174,13 +181,13 @@ def child_main(spec: str) -> None:
     print(json.dumps({"flops_infer": flops_infer, "flops_train": flops_train, "peak_gb": peak_gb}))
 
 
-def memory_and_flops(arch, size, theirs, options: str) -> dict[str, dict]:
-    """Run ``child_main`` for torchvision's model and ours, one after the other."""
+def memory_and_flops(arch, size, theirs, names, options: str) -> dict[str, dict]:
+    """Run ``child_main`` for each model of ``names``, one after the other."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "state.pt")
         torch.save(theirs.state_dict(), path)
-        for impl in ("torchvision", "ours"):
+        for impl in names:
             spec = f"{arch},{size[0]}x{size[1]},{impl},{path},{options}"
             proc = subprocess.run(
                 [sys.executable, "-m", "benchmarks.vs_torchvision", "--child", spec],
@@ -204,23 +211,26 @@ def summary(times: list[float]) -> dict:
 
 
 def bench_one(arch: str, size: tuple[int, int], args, device: torch.device, peak: float) -> dict:
-    """All numbers of one (arch, size) row pair (inference and training)."""
-    samples, theirs, ours = build_pair(arch, size, device, args.options)
+    """All numbers of one (arch, size): inference and training of every model."""
+    samples, models = build_models(arch, size, args.options)
     row = {"arch": bs.ARCHS[arch], "size": f"{size[0]}x{size[1]}", "device": device.type}
+    row["models"] = list(models)
     row["load_before"] = os.getloadavg()
     if device.type == "cpu" and not args.no_memory:
-        row["children"] = memory_and_flops(arch, size, theirs, args.options)
-    runners = [
-        Runner("torchvision", theirs, arch, samples, device),
-        Runner("ours", ours, arch, samples, device),
-    ]
-    t_out, o_out = runners[0].infer(), runners[1].infer()
-    row["detections"] = len(o_out)
-    row["same_outputs"] = bs.same_detections(
-        {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in t_out.items()},
-        o_out.to("cpu") if hasattr(o_out, "to") else o_out,
-        size,
-    )
+        row["children"] = memory_and_flops(
+            arch, size, models["torchvision"], list(models), args.options
+        )
+    runners = [Runner(name, model, arch, samples, device) for name, model in models.items()]
+    outputs = {runner.name: runner.infer() for runner in runners}
+    theirs = {
+        k: v.float().cpu() if k != "labels" else v.cpu() for k, v in outputs["torchvision"].items()
+    }
+    row["detections"] = len(outputs["ours"])
+    row["same_outputs"] = {
+        name: bs.same_detections(theirs, out.to("cpu"), size)
+        for name, out in outputs.items()
+        if name != "torchvision"
+    }
     row["infer"] = {k: summary(v) for k, v in alternate(runners, "infer", args.repeats).items()}
     if not args.no_train:
         row["train"] = {
@@ -241,41 +251,57 @@ def fmt(s: dict) -> str:
     return f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
 
 
+def _timing(row: dict, mode: str, name: str, images: int) -> str:
+    """Median (min-max) seconds, or images/s on a GPU, and the ratio torchvision / ``name``."""
+    times = row[mode][name]
+    if name == "torchvision":
+        return fmt(times) if row["device"] != "cuda" else f"{images / times['median']:.1f} img/s"
+    ratio = row[mode]["torchvision"]["median"] / times["median"]
+    if row["device"] == "cuda":
+        return f"{images / times['median']:.1f} img/s ({ratio:.2f}x)"
+    return f"{fmt(times)} **{ratio:.2f}x**"
+
+
 def table(rows: list[dict], images: dict[str, int]) -> str:
-    """Markdown table of ``rows`` (one line per arch, size and mode)."""
+    """Markdown table of ``rows``: one line per arch, size and mode; a column per model (ratio
+    torchvision / that model in bold), then FLOPs, % of the matmul peak, memory, outputs."""
+    names = rows[0]["models"]
     head = (
-        "| model | size | mode | torchvision s | ours s | tv / ours | GFLOPs | ours % of peak "
-        "| peak mem GB tv / ours | same outputs | load before-after |"
+        "| model | size | mode | "
+        + " | ".join(f"{n} s" for n in names)
+        + " | GFLOPs | % of peak "
+        + " / ".join(n.replace("torchvision", "tv") for n in names[1:])
+        + " | peak mem GB "
+        + " / ".join(n.replace("torchvision", "tv") for n in names)
+        + " | same outputs as tv | load |"
     )
-    lines = [head, "|" + " --- |" * 11]
+    lines = [head, "|" + " --- |" * (len(names) + 8)]
     for row in rows:
         for mode in ("infer", "train"):
             if mode not in row:
                 continue
-            tv, us = row[mode]["torchvision"], row[mode]["ours"]
-            ratio = tv["median"] / us["median"]
             child = row.get("children", {})
             gflops = child.get("ours", {}).get(f"flops_{mode}")
-            flop_txt = f"{gflops:.0f}" if gflops else "-"
-            frac = (
-                f"{100 * gflops / us['median'] / row['matmul_peak_gflops']:.0f}%" if gflops else "-"
-            )
+            fractions = [
+                f"{100 * gflops / row[mode][n]['median'] / row['matmul_peak_gflops']:.0f}%"
+                for n in names[1:]
+            ] if gflops else ["-"]  # fmt: skip
             if "gpu_peak_gb" in row:
-                mem = "{torchvision:.1f} / {ours:.1f}".format(**row["gpu_peak_gb"])
+                mem = " / ".join(f"{row['gpu_peak_gb'][n]:.1f}" for n in names)
             elif child:
-                mem = f"{child['torchvision']['peak_gb']:.1f} / {child['ours']['peak_gb']:.1f}"
+                mem = " / ".join(f"{child[n]['peak_gb']:.1f}" for n in names)
             else:
                 mem = "-"
-            timing = f"{fmt(tv)} | {fmt(us)}"
-            if row["device"] == "cuda":
-                n = images[mode]
-                timing = f"{n / tv['median']:.1f} img/s | {n / us['median']:.1f} img/s"
-            same = row["same_outputs"] if mode == "infer" else "-"
-            load = f"{row['load_before'][0]:.1f}-{row['load_after'][0]:.1f}"
-            lines.append(
-                f"| {row['arch']} | {row['size']} | {mode} | {timing} | {ratio:.2f}x | "
-                f"{flop_txt} | {frac} | {mem} | {same} | {load} |"
+            same = (
+                "; ".join(f"{n}: {row['same_outputs'][n]}" for n in names[1:])
+                if mode == "infer"
+                else "-"
             )
+            cells = [row["arch"], row["size"], f"{mode} (batch {images[mode]})"]
+            cells += [_timing(row, mode, n, images[mode]) for n in names]
+            cells += [f"{gflops:.0f}" if gflops else "-", " / ".join(fractions), mem, same]
+            cells.append(f"{row['load_before'][0]:.1f}-{row['load_after'][0]:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -289,7 +315,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--options",
         default=",".join(OPTIONS),
-        help=f"our speed options (rcnn.models.fast.optimize), comma list of {OPTIONS}; '' = plain",
+        help=f"speed options of a third model, ours_fast (rcnn.models.fast.optimize), comma list "
+        f"of {OPTIONS}; '': no third model",
+    )
+    parser.add_argument(
+        "--malloc",
+        choices=("rcnn", "system"),
+        default="rcnn",
+        help="rcnn: glibc malloc keeps freed memory, as the rcnn command sets it (for every model "
+        "of the run: it is per process); system: malloc's defaults",
     )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -297,6 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child_main(args.child)
         return
+    if args.malloc == "system":
+        os.environ["RCNN_MALLOC"] = "system"  # this process and the memory children
+    malloc_kept = keep_freed_memory()
     device = device_kind()
     peak = matmul_peak(device)
     header = (
@@ -304,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"device {device.type}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-        + f"; fp32 matmul peak {peak:.0f} GFLOP/s; ours with options '{args.options}'"
+        + f"; fp32 matmul peak {peak:.0f} GFLOP/s; ours_fast = ours + options '{args.options}'"
+        + f"; malloc {'keeps freed memory (rcnn)' if malloc_kept else 'system defaults'}"
     )
     print(header, flush=True)
     rows = []
