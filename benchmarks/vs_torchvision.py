@@ -7,17 +7,16 @@ Run from the repository root::
     .venv/bin/python -m benchmarks.vs_torchvision --json results.json
 
 Per (arch, size): torchvision's builder with seeded random weights (BN statistics from one batch,
-then FrozenBN, stem + layer1 frozen: a real fine-tune), ours from its state dict via
-``load_torchvision``. Both run ALTERNATELY in one process on the same real images (fruits_nuts
-photos stretched to the size), so machine noise hits both: inference (batch 1, score threshold 0,
-100 detections, checked identical) and a training step (batch 2, SGD). Reported: median (min-max)
-seconds, ratio torchvision / ours, FLOPs (``torch.utils.flop_counter``), our achieved fraction of
-the measured matmul peak, and peak memory. Peak memory on CPU is the peak RSS
-(``resource.getrusage(...).ru_maxrss``) of a fresh child process per model that builds it, counts
-FLOPs of one inference and one training step, and runs one more training step: torch's CPU
-allocations are invisible to tracemalloc, and one process cannot tell two models' peaks apart.
-On a GPU: AMP (bfloat16 autocast) for both, ours channels-last, images/s, and
-``torch.cuda.max_memory_allocated`` per model instead.
+then FrozenBN, stem + layer1 frozen: a real fine-tune); ours from its state dict via
+``load_torchvision``, and ``ours_fast``, ours with the speed options. They run ALTERNATELY in one
+process on the same real images (fruits_nuts photos stretched to the size), so machine noise hits
+all: inference (batch 1, score threshold 0, 100 detections, checked against torchvision's) and a
+training step (batch 2, SGD). Reported: median (min-max) seconds, ratio torchvision / ours, FLOPs
+(``torch.utils.flop_counter``), our achieved fraction of the measured matmul peak, and peak
+memory: on CPU the peak RSS (``resource.getrusage(...).ru_maxrss``) of a fresh child process per
+model that builds it and runs two training steps (torch's CPU allocations are invisible to
+tracemalloc, and one process cannot tell two models' peaks apart). On a GPU: AMP (bfloat16
+autocast) for all, ours_fast channels-last, images/s, and ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -159,7 +158,7 @@ def count_flops(fn) -> float:
 
 
 def child_main(spec: str) -> None:
-    """Peak RSS and FLOPs of one model in a fresh process: ``arch,HxW,impl,state_path,options``."""
+    """Peak RSS of one model's training in a fresh process: ``arch,HxW,impl,state_path,options``."""
     arch, size_text, impl, path, options = spec.split(",", 4)
     keep_freed_memory()  # as the parent (RCNN_MALLOC=system, inherited, turns it off)
     size = parse_size(size_text)
@@ -174,14 +173,13 @@ def child_main(spec: str) -> None:
             model = optimize_ours(model, options)
     del state
     runner = Runner(impl, model, arch, samples, device)
-    flops_infer = count_flops(runner.infer)
-    flops_train = count_flops(runner.train_step)
-    runner.train_step()
+    for _ in range(2):  # the second step runs with the optimizer's momentum buffers in place
+        runner.train_step()
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps({"flops_infer": flops_infer, "flops_train": flops_train, "peak_gb": peak_gb}))
+    print(json.dumps({"peak_gb": peak_gb}))
 
 
-def memory_and_flops(arch, size, theirs, names, options: str) -> dict[str, dict]:
+def peak_memory(arch, size, theirs, names, options: str) -> dict[str, dict]:
     """Run ``child_main`` for each model of ``names``, one after the other."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,9 +215,7 @@ def bench_one(arch: str, size: tuple[int, int], args, device: torch.device, peak
     row["models"] = list(models)
     row["load_before"] = os.getloadavg()
     if device.type == "cpu" and not args.no_memory:
-        row["children"] = memory_and_flops(
-            arch, size, models["torchvision"], list(models), args.options
-        )
+        row["children"] = peak_memory(arch, size, models["torchvision"], list(models), args.options)
     runners = [Runner(name, model, arch, samples, device) for name, model in models.items()]
     outputs = {runner.name: runner.infer() for runner in runners}
     theirs = {
@@ -244,6 +240,8 @@ def bench_one(arch: str, size: tuple[int, int], args, device: torch.device, peak
             row["gpu_peak_gb"][runner.name] = torch.cuda.max_memory_allocated(device) / 2**30
     row["load_after"] = os.getloadavg()
     row["matmul_peak_gflops"] = peak
+    ours = runners[1]  # FLOPs last: the counted training step changes the weights
+    row["gflops"] = {"infer": count_flops(ours.infer), "train": count_flops(ours.train_step)}
     return row
 
 
@@ -281,11 +279,11 @@ def table(rows: list[dict], images: dict[str, int]) -> str:
             if mode not in row:
                 continue
             child = row.get("children", {})
-            gflops = child.get("ours", {}).get(f"flops_{mode}")
+            gflops = row["gflops"][mode]
             fractions = [
                 f"{100 * gflops / row[mode][n]['median'] / row['matmul_peak_gflops']:.0f}%"
                 for n in names[1:]
-            ] if gflops else ["-"]  # fmt: skip
+            ]  # fmt: skip
             if "gpu_peak_gb" in row:
                 mem = " / ".join(f"{row['gpu_peak_gb'][n]:.1f}" for n in names)
             elif child:
@@ -299,7 +297,7 @@ def table(rows: list[dict], images: dict[str, int]) -> str:
             )
             cells = [row["arch"], row["size"], f"{mode} (batch {images[mode]})"]
             cells += [_timing(row, mode, n, images[mode]) for n in names]
-            cells += [f"{gflops:.0f}" if gflops else "-", " / ".join(fractions), mem, same]
+            cells += [f"{gflops:.0f}", " / ".join(fractions), mem, same]
             cells.append(f"{row['load_before'][0]:.1f}-{row['load_after'][0]:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -311,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="480x640,800x1066", help="comma list of HxW")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per model and mode")
     parser.add_argument("--no-train", action="store_true", help="inference only")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS/FLOP children")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS children")
     parser.add_argument(
         "--options",
         default=",".join(OPTIONS),

@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
     model.add_argument("--max-images", type=int, help="evaluate only the first N images")
     model.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    model.add_argument(
+        "--fast",
+        action="store_true",
+        help="frozen BN folded into convs + channels-last (rcnn.models.fast): faster, "
+        "detections within float rounding of the default model",
+    )
     files = parser.add_argument_group("results mode")
     files.add_argument("--results", help="detections in the COCO results format (json list)")
     files.add_argument("--coco", help="COCO annotation json to score --results against")
@@ -138,10 +144,13 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
     from rcnn.data import build_dataset
     from rcnn.engine.checkpoint import load_model
     from rcnn.engine.inference import predict_dataset
+    from rcnn.models.fast import optimize
 
     distributed = _init_distributed()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint, device=device)
+    if args.fast:
+        optimize(model)
     dataset = build_dataset(args.dataset, args.split, data_root=args.data_root)
     subset: Any = dataset
     if args.max_images:

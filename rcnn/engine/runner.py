@@ -109,6 +109,15 @@ def set_classes(cfg: TrainConfig, datasets: Datasets, resume_state: dict | None)
     cfg.model.category_ids = tuple(int(c) for c in mapping) if mapping else ()
 
 
+def build_train_model(cfg: TrainConfig) -> torch.nn.Module:
+    """``cfg.model``'s network, with the speed options when ``cfg.fast``."""
+    from rcnn.models.build import build_model
+    from rcnn.models.fast import optimize
+
+    model = build_model(cfg.model)
+    return optimize(model) if cfg.fast else model
+
+
 def run_process(
     cfg: TrainConfig,
     ctx: DistContext,
@@ -118,11 +127,9 @@ def run_process(
     resume_state: dict | None = None,
 ) -> TrainResult:
     """Build the model and train it in this process (any rank)."""
-    from rcnn.models.build import build_model
-
     datasets = datasets or build_datasets(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model)
+    model = build_train_model(cfg)
     validator = Validator(
         datasets.val,
         evaluate_fn=functools.partial(evaluate_detections, num_workers=cfg.num_workers),

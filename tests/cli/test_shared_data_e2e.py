@@ -186,6 +186,18 @@ def test_eval_prints_the_final_metrics(run):
     assert_close_tree(printed, final, name)
 
 
+def test_eval_fast_option_gives_the_same_metrics(run):
+    """``--fast`` (folded frozen BN, channels-last) changes float rounding only."""
+    name, out = run
+    args = ["--checkpoint", str(out / "last.pth"), "--dataset", str(DATA / name), "--json"]
+    proc = rcnn_cli("eval", *args, "--device", "cpu", "--fast")
+    printed = json.loads(proc.stdout)
+    final = json.loads((out / "final_metrics.json").read_text())
+    for kind, table in final.items():
+        primary = "mAP" if name == "raccoon" else "AP"
+        assert printed[kind][primary] == pytest.approx(table[primary], abs=0.01), kind
+
+
 def test_predict_writes_overlays_and_coco_results(run, tmp_path):
     name, out = run
     images = val_images(name)

@@ -239,3 +239,20 @@ def test_default_is_the_shapes_preset_and_its_options_stay_with_shapes():
     assert "num_train" in cfg.dataset_options
     other, _ = resolve_config(build_parser().parse_args(["train", "--dataset", FRUITS]))
     assert other.dataset_options == {}
+
+
+def test_fast_flag_trains_the_optimized_model():
+    from rcnn.engine.runner import build_train_model
+    from rcnn.models.fast import FoldedConv2d
+
+    def resolve(*argv):
+        return resolve_config(build_parser().parse_args(["train", *argv]))[0]
+
+    name = "mask_rcnn_fpn_resnet18_v1b_coco"  # frozen BN: every body conv folds
+    fast, plain = resolve("--network", name, "--fast"), resolve("--network", name)
+    assert fast.fast and not plain.fast
+    model = build_train_model(fast)
+    assert sum(isinstance(m, FoldedConv2d) for m in model.modules()) == 20
+    assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.state_dict().keys() == build_train_model(plain).state_dict().keys()
+    assert not any(isinstance(m, FoldedConv2d) for m in build_train_model(plain).modules())
