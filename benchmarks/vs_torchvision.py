@@ -13,7 +13,7 @@ process on the same real images (fruits_nuts photos stretched to the size), so m
 all: inference (batch 1, score threshold 0, 100 detections, checked against torchvision's) and a
 training step (batch 2, SGD). Reported: median (min-max) seconds, ratio torchvision / ours, FLOPs
 (``torch.utils.flop_counter``), our achieved fraction of the measured matmul peak, and peak
-memory: on CPU the peak RSS (``resource.getrusage(...).ru_maxrss``) of a fresh child process per
+memory: on CPU the peak RSS (``VmHWM``, ``peak_rss_gb``) of a fresh child process per
 model that builds it and runs two training steps (torch's CPU allocations are invisible to
 tracemalloc, and one process cannot tell two models' peaks apart). On a GPU: AMP (bfloat16
 autocast) for all, ours_fast channels-last, images/s, and ``torch.cuda.max_memory_allocated``.
@@ -157,6 +157,22 @@ def count_flops(fn) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory in GB: ``VmHWM`` of ``/proc/self/status`` on Linux.
+
+    Not ``ru_maxrss``: Linux carries that over from the parent through fork and exec, so a child
+    of a parent holding 7 GB reports at least 7 GB whatever it uses itself.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def child_main(spec: str) -> None:
     """Peak RSS of one model's training in a fresh process: ``arch,HxW,impl,state_path,options``."""
     arch, size_text, impl, path, options = spec.split(",", 4)
@@ -175,7 +191,7 @@ def child_main(spec: str) -> None:
     runner = Runner(impl, model, arch, samples, device)
     for _ in range(2):  # the second step runs with the optimizer's momentum buffers in place
         runner.train_step()
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak_gb = peak_rss_gb()
     print(json.dumps({"peak_gb": peak_gb}))
 
 
