@@ -56,6 +56,7 @@ class TrainConfig:
     ``image_size``, ``seed``); set one with ``--set dataset_options.num_train=50``. ``fast``
     trains with ``rcnn.models.fast.optimize`` (frozen BN folded into its conv, channels-last):
     faster, the same checkpoints, results within float rounding of the default model.
+    ``val_max_images`` > 0 validates on the first that many val images (0: all of them).
     """
 
     network: str = "mask_rcnn_shapes"
@@ -89,6 +90,7 @@ class TrainConfig:
     val_interval: str = "1"
     log_interval: int = 20
     val_loss_batches: int = 20
+    val_max_images: int = 0
     early_stop_patience: int = 0
     early_stop_min_delta: float = 0.001
     vis_images: int = 4
@@ -109,6 +111,7 @@ class TrainConfig:
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.log_interval >= 1, "log_interval must be >= 1"),
             (self.clip_grad >= 0, "clip_grad must be >= 0 (0 = off)"),
+            (self.val_max_images >= 0, "val_max_images must be >= 0 (0 = every val image)"),
         ]
         for ok, message in checks:
             if not ok:

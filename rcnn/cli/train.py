@@ -56,6 +56,7 @@ FLAGS = [
     ("--clip-gradient", "clip_grad", "max gradient norm (0: off)"),
     ("--accumulate", "accumulate", "micro-batches per iteration (gradient accumulation)"),
     ("--early-stop-patience", "early_stop_patience", "validations without gain (0: off)"),
+    ("--val-max-images", "val_max_images", "validate on the first N val images (0: all)"),
 ]
 
 

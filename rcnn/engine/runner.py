@@ -132,7 +132,9 @@ def run_process(
     model = build_train_model(cfg)
     validator = Validator(
         datasets.val,
-        evaluate_fn=functools.partial(evaluate_detections, num_workers=cfg.num_workers),
+        evaluate_fn=functools.partial(
+            evaluate_detections, num_workers=cfg.num_workers, max_images=cfg.val_max_images
+        ),
         loss_dataset=datasets.val_loss,
         loss_batches=cfg.val_loss_batches,
     )

@@ -21,17 +21,26 @@ EvaluateFn = Callable[[nn.Module, Any, DistContext], "dict | None"]
 
 
 def evaluate_detections(
-    model: nn.Module, dataset: Any, ctx: DistContext, *, num_workers: int = 0
+    model: nn.Module,
+    dataset: Any,
+    ctx: DistContext,
+    *,
+    num_workers: int = 0,
+    max_images: int = 0,
 ) -> dict | None:
-    """Predict every image of ``dataset`` (raw, no transform) and score it on the main rank."""
+    """Predict the images of ``dataset`` (raw, no transform; the first ``max_images`` when > 0)
+    and score them, and only them, on the main rank."""
     from rcnn.engine.inference import predict_dataset
     from rcnn.evaluation import build_evaluator
 
     evaluator = build_evaluator(dataset)
     evaluator.reset()
+    images = dataset
+    if 0 < max_images < len(dataset):
+        images = torch.utils.data.Subset(dataset, range(max_images))
     # streamed: each batch is scored at once, so a dataset's full-size masks are never all held
     predict_dataset(
-        model, dataset, num_workers=num_workers, distributed=ctx.distributed, evaluator=evaluator
+        model, images, num_workers=num_workers, distributed=ctx.distributed, evaluator=evaluator
     )
     return evaluator.evaluate() if ctx.is_main else None
 

@@ -242,3 +242,19 @@ def test_distributed_predict_and_eval(tmp_path):
     metrics = json.loads((out / "final_metrics.json").read_text())
     assert metrics["bbox"]["AP"] == pytest.approx(1.0)
     assert metrics["segm"]["AP"] == pytest.approx(1.0)
+
+
+def test_training_validation_on_the_first_val_images():
+    """``val_max_images`` (``rcnn train --val-max-images``): only those images are predicted
+    (the oracle knows no others) and scored (a perfect AP, not one diluted by unseen images)."""
+    from rcnn.data import build_dataset
+    from rcnn.engine.distributed import DistContext
+    from rcnn.engine.validate import evaluate_detections
+
+    dataset = build_dataset(str(FRUITS_JSON), "val")
+    assert len(dataset) > 3
+    metrics = evaluate_detections(OracleModel(dataset, 3), dataset, DistContext(), max_images=3)
+    assert metrics["bbox"]["AP"] == pytest.approx(1.0)
+    assert metrics["segm"]["AP"] == pytest.approx(1.0)
+    with pytest.raises(KeyError):  # every image: the fourth is one the oracle never saw
+        evaluate_detections(OracleModel(dataset, 3), dataset, DistContext())
