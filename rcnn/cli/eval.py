@@ -143,7 +143,7 @@ def _init_distributed() -> bool:
 def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] | None:
     from rcnn.data import build_dataset
     from rcnn.engine.checkpoint import load_model
-    from rcnn.engine.inference import predict_dataset
+    from rcnn.engine.inference import first_images, predict_dataset
     from rcnn.models.fast import optimize
 
     distributed = _init_distributed()
@@ -152,9 +152,7 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
     if args.fast:
         optimize(model)
     dataset = build_dataset(args.dataset, args.split, data_root=args.data_root)
-    subset: Any = dataset
-    if args.max_images:
-        subset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
+    subset = first_images(dataset, args.max_images or 0)
     evaluator = build_evaluator(dataset)
     predictions = predict_dataset(
         model, subset, batch_size=args.batch_size, num_workers=args.num_workers,

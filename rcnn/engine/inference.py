@@ -87,6 +87,14 @@ def _gather_on_rank_zero(outputs: list, evaluator: Any, rank: int, world_size: i
     return sorted((item for part, _ in gathered for item in part), key=lambda item: item[0])
 
 
+def first_images(dataset: Any, count: int) -> Any:
+    """The first ``count`` images of ``dataset`` (a ``Subset``), or ``dataset`` itself when
+    ``count`` is 0 or covers it all. Evaluators score only the images they are given."""
+    if 0 < count < len(dataset):
+        return Subset(dataset, range(count))
+    return dataset
+
+
 def predict_dataset(
     model: torch.nn.Module,
     dataset: Any,

@@ -30,14 +30,12 @@ def evaluate_detections(
 ) -> dict | None:
     """Predict the images of ``dataset`` (raw, no transform; the first ``max_images`` when > 0)
     and score them, and only them, on the main rank."""
-    from rcnn.engine.inference import predict_dataset
+    from rcnn.engine.inference import first_images, predict_dataset
     from rcnn.evaluation import build_evaluator
 
     evaluator = build_evaluator(dataset)
     evaluator.reset()
-    images = dataset
-    if 0 < max_images < len(dataset):
-        images = torch.utils.data.Subset(dataset, range(max_images))
+    images = first_images(dataset, max_images)
     # streamed: each batch is scored at once, so a dataset's full-size masks are never all held
     predict_dataset(
         model, images, num_workers=num_workers, distributed=ctx.distributed, evaluator=evaluator

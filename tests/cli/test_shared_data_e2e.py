@@ -186,12 +186,25 @@ def test_eval_prints_the_final_metrics(run):
     assert_close_tree(printed, final, name)
 
 
-def test_eval_fast_option_gives_the_same_metrics(run):
-    """``--fast`` (folded frozen BN, channels-last) changes float rounding only."""
+def test_eval_fast_option_gives_the_same_metrics(run, monkeypatch, capsys):
+    """``--fast`` evaluates the optimised model (folded frozen BN, channels-last), whose metrics
+    equal the plain model's up to float rounding."""
+    import rcnn.models.fast as fast
+    from rcnn.cli import main
+
     name, out = run
-    args = ["--checkpoint", str(out / "last.pth"), "--dataset", str(DATA / name), "--json"]
-    proc = rcnn_cli("eval", *args, "--device", "cpu", "--fast")
-    printed = json.loads(proc.stdout)
+    optimized, real_optimize = [], fast.optimize
+
+    def spy(model, **options):
+        optimized.append(real_optimize(model, **options))
+        return optimized[-1]
+
+    monkeypatch.setattr("rcnn.models.fast.optimize", spy)  # what the command imports at run time
+    args = ["eval", "--checkpoint", str(out / "last.pth"), "--dataset", str(DATA / name)]
+    assert main([*args, "--json", "--device", "cpu", "--fast"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert len(optimized) == 1  # ResNet-18 with frozen BN: 20 convs fold
+    assert sum(isinstance(m, fast.FoldedConv2d) for m in optimized[0].modules()) == 20
     final = json.loads((out / "final_metrics.json").read_text())
     for kind, table in final.items():
         primary = "mAP" if name == "raccoon" else "AP"
