@@ -85,16 +85,30 @@ def fold_frozen_bn(model: nn.Module) -> int:
     return count
 
 
-def optimize(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True) -> nn.Module:
+def optimize(
+    model: nn.Module,
+    *,
+    fold_bn: bool = True,
+    channels_last: bool = True,
+    compile_backbone: bool = False,
+) -> nn.Module:
     """Apply the speed options to ``model`` in place and return it.
 
     Args:
         fold_bn: ``fold_frozen_bn`` (frozen BN only; trainable BN is left alone).
         channels_last: conv weights in channels-last memory format, so every conv (oneDNN on
             CPU, cuDNN on GPU) runs and returns NHWC; ops that need NCHW copy their input.
+        compile_backbone: ``torch.compile`` the backbone (body + FPN) in place
+            (``nn.Module.compile``: the state-dict keys stay). The first call per input size
+            compiles (about 20 s for inference and 40 s for a training step of R50-FPN on 2 CPU
+            cores); it fuses the elementwise passes around the convs, which pays on a GPU. On
+            this project's CPU it gained nothing measurable (``benchmarks/README.md``), so it is
+            off unless asked for.
     """
     if fold_bn:
         fold_frozen_bn(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if compile_backbone:
+        model.get_submodule("backbone").compile()
     return model

@@ -66,3 +66,18 @@ def test_optimized_gradients_match_plain():
     # the frozen stem and layer1 stay frozen, the folded BN still loads from a plain checkpoint
     assert "backbone.body.conv1.weight" not in grads[1]
     fast.load_state_dict(plain.state_dict())
+
+
+def test_compiled_backbone_keeps_state_dict_and_outputs():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(2)
+    plain = build_model(tiny_config(mask=False)).eval()
+    random_frozen_stats(plain, gen)
+    fast = optimize(copy.deepcopy(plain), fold_bn=False, channels_last=False, compile_backbone=True)
+    assert fast.state_dict().keys() == plain.state_dict().keys()  # nn.Module.compile: in place
+    batch = torch.rand(1, 3, 96, 128, generator=gen)
+    with torch.no_grad():
+        compiled, ref = fast.backbone(batch), plain.backbone(batch)
+    assert fast.backbone._compiled_call_impl is not None
+    for f, p in zip(compiled.values(), ref.values(), strict=True):
+        torch.testing.assert_close(f, p, rtol=1e-4, atol=1e-4 * float(p.abs().max()))
