@@ -258,6 +258,37 @@ def default_classes(name: str, cfg: ModelConfig) -> tuple[str, ...]:
     return tuple(cfg.classes)
 
 
+def torchvision_hub_file(name: str) -> str:
+    """torchvision's ``COCO_V1`` file of preset ``name`` in the torch hub cache, or a UserError."""
+    from rcnn.weights import torchvision as tv
+
+    if name not in tv.BUILDERS:
+        raise UserError(
+            f"{name}: rcnn ships no weights and never downloads; only torchvision's builders "
+            f"{tv.BUILDERS} have published weights it finds in the torch hub cache. Pass a local "
+            "file (a state dict or checkpoint you downloaded yourself)"
+        )
+    path = tv.published_file(name)
+    if not os.path.isfile(path):
+        raise UserError(
+            f"{name}: torchvision's COCO weights are not at {path} and nothing is downloaded: "
+            f"fetch {tv.published_weights(name).url} there (or run torchvision's "
+            f'{name}(weights="COCO_V1") once), or pass pretrained=<local file>'
+        )
+    return path
+
+
+def dotted_keys(overrides: dict[str, Any] | None) -> set[str]:
+    """Dotted keys of ``overrides``, dotted or nested: ``{"a": {"b": 1}, "c.d": 2}``: a.b, c.d."""
+    keys: set[str] = set()
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict):
+            keys |= {f"{key}.{sub}" for sub in dotted_keys(value)}
+        else:
+            keys.add(key)
+    return keys
+
+
 def get_model(
     name: str,
     *,
@@ -271,7 +302,11 @@ def get_model(
     Args:
         name: a preset (``list_models()``).
         pretrained: None/False, or a local state-dict / checkpoint file (ours or torchvision's).
-            URLs are refused: nothing is downloaded.
+            URLs are refused: nothing is downloaded. ``True`` for a torchvision name
+            (``fasterrcnn_resnet50_fpn`` ...): torchvision's ``COCO_V1`` file from the torch hub
+            cache, where ``weights="COCO_V1"`` in torchvision puts it (``published_file``).
+            torchvision's files get its 90 COCO label names and, for the v1 builders' published
+            files, frozen-BN epsilon 0: the detections torchvision gives with them.
         pretrained_base: ImageNet initialisation of the body (a local file; otherwise a warning).
         classes: class names (default: the preset's dataset classes).
         overrides: model config values to change, by dotted key (``{"backbone.name": "resnet18",
@@ -290,18 +325,23 @@ def get_model(
     preset_classes = default_classes(name, cfg)
     cfg.classes = tuple(classes) if classes is not None else preset_classes
     if pretrained is True:
-        raise UserError(
-            f"{name}: rcnn ships no weights and never downloads; pass pretrained=<local file> "
-            "(a state dict or checkpoint you downloaded yourself)"
-        )
+        pretrained = torchvision_hub_file(name)
     cfg.backbone.pretrained_base = bool(pretrained_base) and not pretrained
     if pretrained:  # build with the file's classes, then keep those whose names carry over
         state_dict = read_state_dict(pretrained)
+        from_torchvision = "rpn.head.cls_logits.weight" in state_dict  # torchvision's naming
+        if from_torchvision:
+            rows = state_dict.get("roi_heads.box_predictor.cls_score.weight")
+            if rows is not None and len(rows) == tv.COCO_LABELS + 1:
+                preset_classes = tv.coco_label_names()
+            eps = tv.published_norm_eps(pretrained)
+            if eps is not None and "backbone.norm_eps" not in dotted_keys(overrides):
+                cfg.backbone.norm_eps = eps
         trained = pretrained_classes(pretrained, state_dict, preset_classes)
         wanted, cfg.classes = (cfg.classes if classes is not None else trained), trained
     model = build_model(cfg)
     if pretrained:
-        if "rpn.head.cls_logits.weight" in state_dict:  # torchvision's naming
+        if from_torchvision:
             state_dict = tv.convert_state_dict(state_dict, set(model.state_dict()))
         load_state_dict_checked(model, state_dict, source=os.fspath(pretrained))
         if list(wanted) != model.class_names:

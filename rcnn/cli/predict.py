@@ -35,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     parser.add_argument("--checkpoint", help="checkpoint written by `rcnn train`")
     parser.add_argument("--torchvision", metavar="NAME", help="e.g. maskrcnn_resnet50_fpn")
-    parser.add_argument("--weights", help="torchvision state dict file (with --torchvision)")
+    parser.add_argument(
+        "--weights",
+        help="torchvision state dict file (with --torchvision; default: torchvision's COCO_V1 file "
+        "of NAME in the torch hub cache, where torchvision's weights='COCO_V1' puts it)",
+    )
     parser.add_argument("--output", required=True, help="folder for overlays and results.json")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (0.5)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
@@ -81,7 +85,7 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 
 
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The model that ``--checkpoint`` or ``--torchvision NAME --weights FILE`` names, sped up by
+    """The model that ``--checkpoint`` or ``--torchvision NAME [--weights FILE]`` names, sped up by
     ``rcnn.models.fast.optimize`` with ``--fast``."""
     from rcnn.models.fast import optimize
 
@@ -98,12 +102,12 @@ def _load_named_model(args: argparse.Namespace) -> torch.nn.Module:
 
         return load_checkpoint(args.checkpoint, device=device)
     if args.torchvision:
-        if not args.weights:
-            raise UserError("--torchvision NAME needs --weights FILE (no downloads are made)")
         from rcnn.weights import load_torchvision
+        from rcnn.zoo import torchvision_hub_file
 
-        return load_torchvision(args.torchvision, args.weights).to(device)
-    raise UserError("give a model: --checkpoint CKPT, or --torchvision NAME --weights FILE")
+        weights = args.weights or torchvision_hub_file(args.torchvision)
+        return load_torchvision(args.torchvision, weights).to(device)
+    raise UserError("give a model: --checkpoint CKPT, or --torchvision NAME [--weights FILE]")
 
 
 def _read(path: Path) -> torch.Tensor | None:

@@ -5,13 +5,20 @@ Shape shorthand: C classes (ours, no background); torchvision's heads have C + 1
 torchvision's classifier already has background at column 0 (as ours); its box regressor and mask
 predictor also have a background slot (rows 0-3, channel 0), which ours do not: they are dropped.
 Labels: ours = torchvision's - 1.
+
+torchvision's published ``COCO_V1`` files (``weights="COCO_V1"`` fetches them into the torch hub
+cache) are recognised by file name: their 90 classes get torchvision's COCO names, and those of the
+v1 builders the frozen-BN epsilon 0 they were trained and are evaluated with. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor
 
 from rcnn.errors import CheckpointError
@@ -38,6 +45,52 @@ KEY_MAP = (
     (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
     (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.predictor."),
 )
+
+
+V1_BUILDERS = ("fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn")
+COCO_LABELS = 90  # torchvision's COCO heads: labels 1..90 are COCO category ids, 10 of them unused
+
+log = logging.getLogger(__name__)
+
+
+def published_weights(name: str):
+    """torchvision's ``COCO_V1`` weights entry of builder ``name`` (URL, metadata); no download."""
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(name)["COCO_V1"]
+
+
+def published_file(name: str) -> str:
+    """Where torchvision keeps builder ``name``'s ``COCO_V1`` file once downloaded: the torch hub
+    cache, ``torch.hub.get_dir()/checkpoints/<file>`` (``$TORCH_HOME`` moves it)."""
+    url = published_weights(name).url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+
+
+def published_norm_eps(source) -> float | None:
+    """0.0 when ``source`` is, by file name, torchvision's ``COCO_V1`` file of a v1 builder (those
+    were trained with frozen-BN epsilon 0: torchvision calls ``overwrite_eps(model, 0.0)``); else
+    None (a state dict in memory, or any other file: the preset's 1e-5)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    base = os.path.basename(os.fspath(source))
+    return 0.0 if base in {os.path.basename(published_file(n)) for n in V1_BUILDERS} else None
+
+
+def coco_label_names() -> tuple[str, ...]:
+    """torchvision's names of its COCO labels 1..90 (the COCO json's category names); the ten
+    category ids COCO does not use are named ``N/A <id>`` so that every name is unique."""
+    categories = published_weights("maskrcnn_resnet50_fpn").meta["categories"]
+    names = [name if name != "N/A" else f"N/A {i}" for i, name in enumerate(categories)]
+    return tuple(names[1:])
+
+
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    """Names for a torchvision head of ``num_classes`` (C, no background): torchvision's COCO
+    names for its 90-label COCO layout, else ``class_1 .. class_C``."""
+    if num_classes == COCO_LABELS:
+        return coco_label_names()
+    return tuple(f"class_{i + 1}" for i in range(num_classes))
 
 
 def convert_key(key: str) -> str:
@@ -86,9 +139,11 @@ def load_torchvision(
     Args:
         name: one of ``BUILDERS``.
         state_dict_or_path: torchvision's ``model.state_dict()`` or a file holding it.
-        classes: C class names (default ``class_1`` .. ``class_C``).
-        norm_eps: frozen-BN epsilon; torchvision's own COCO_V1 weights of the v1 builders were
-            trained with 0.0 (torchvision calls ``overwrite_eps(model, 0.0)``); others 1e-5.
+        classes: C class names (default ``default_class_names``: torchvision's COCO names for
+            its 90-label heads, else ``class_1`` .. ``class_C``).
+        norm_eps: frozen-BN epsilon. Default: 0.0 for torchvision's published ``COCO_V1`` file
+            of a v1 builder (recognised by its file name, ``published_norm_eps``), else the
+            preset's 1e-5. Pass 0.0 for a state dict taken from such a model in memory.
 
     Raises:
         CheckpointError: missing / unexpected keys or wrong shapes, all listed.
@@ -102,10 +157,14 @@ def load_torchvision(
     state_dict = read_state_dict(state_dict_or_path)
     num_classes = num_classes_of(state_dict)
     cfg = get_preset(name).model
-    cfg.classes = tuple(classes) if classes else tuple(f"class_{i + 1}" for i in range(num_classes))
+    cfg.classes = tuple(classes) if classes else default_class_names(num_classes)
     if len(cfg.classes) != num_classes:
         raise CheckpointError(f"{source}: {len(cfg.classes)} class names for {num_classes} classes")
     cfg.backbone.pretrained_base = False
+    if norm_eps is None:
+        norm_eps = published_norm_eps(state_dict_or_path)
+        if norm_eps is not None:
+            log.info("%s: torchvision's published v1 weights: frozen-BN eps %g", source, norm_eps)
     if norm_eps is not None:
         cfg.backbone.norm_eps = norm_eps
     model = build_model(cfg)

@@ -116,3 +116,15 @@ def test_predict_bad_inputs(inputs, fake_model, capsys):
     broken = str(inputs / "imgs" / "broken.jpg")
     assert main(["predict", broken, "--checkpoint", "m", "--output", out]) == 2
     assert "none of the 1 input images could be read" in capsys.readouterr().err
+
+
+def test_predict_torchvision_weights_from_the_hub_cache(inputs, tmp_path, capsys, monkeypatch):
+    """``--torchvision NAME`` without ``--weights`` reads torchvision's COCO_V1 file from the torch
+    hub cache; when it is missing, the one-line error names the file and where to put it."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    args = ["predict", str(inputs / "imgs"), "--torchvision", "maskrcnn_resnet50_fpn"]
+    assert main([*args, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    expected = tmp_path / "hub" / "checkpoints" / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
+    assert str(expected) in err and "https://download.pytorch.org/models/" in err

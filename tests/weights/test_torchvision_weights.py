@@ -147,3 +147,68 @@ def test_preset_defaults_follow_the_sources():
         2,
         14,
     )
+
+
+def published_like_torchvision() -> torch.nn.Module:
+    """torchvision's v1 Faster R-CNN as its ``COCO_V1`` weights are used: 91 classes, frozen BN
+    with epsilon 0 (``overwrite_eps``). The stem's BN gets a variance (1e-6) that epsilon 1e-5
+    would visibly change: the stem's output shrinks about 3x."""
+    from torchvision.models.detection._utils import overwrite_eps
+
+    from rcnn.models.layers import freeze_batchnorm
+
+    torch.manual_seed(0)
+    model = detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    freeze_batchnorm(model.backbone.body)
+    overwrite_eps(model, 0.0)
+    stem_bn = model.backbone.body.bn1
+    stem_bn.running_var.fill_(1e-6)
+    stem_bn.weight.fill_(1e-3)
+    return model.eval()
+
+
+def test_torchvision_published_file_gives_its_outputs_and_names(tmp_path, monkeypatch):
+    """torchvision's published COCO_V1 file, recognised by name (here or in the torch hub cache):
+    epsilon 0 and torchvision's COCO names, so the features are torchvision's; the same weights
+    under another file name get the preset's epsilon 1e-5 and differ."""
+    from rcnn.weights import torchvision as tv
+    from rcnn.zoo import torchvision_hub_file
+
+    name = "fasterrcnn_resnet50_fpn"
+    theirs = published_like_torchvision()
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    with pytest.raises(UserError, match=r"fasterrcnn_resnet50_fpn_coco-258fb6c6\.pth"):
+        get_model(name, pretrained=True)  # not in the cache: says where to put which file
+    with pytest.raises(UserError, match="only torchvision's builders"):
+        get_model(TINY, pretrained=True)
+    path = tv.published_file(name)
+    assert path == str(hub / "checkpoints" / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.save(theirs.state_dict(), path)
+    other = tmp_path / "my_weights.pth"
+    torch.save(theirs.state_dict(), other)
+
+    batch = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = list(theirs.backbone(batch).values())
+    models = {
+        "zoo, pretrained=True": get_model(name, pretrained=True, pretrained_base=False),
+        "load_torchvision, hub file": load_torchvision(name, torchvision_hub_file(name)),
+        "load_torchvision, other name": load_torchvision(name, str(other)),
+        "zoo, other name": get_model(name, pretrained=str(other), pretrained_base=False),
+    }
+    for label, model in models.items():
+        model.eval()
+        assert len(model.class_names) == 90, label
+        assert model.class_names[:3] == ["person", "bicycle", "car"], label
+        assert model.class_names[11] == "N/A 12" and model.class_names[-1] == "toothbrush", label
+        with torch.no_grad():
+            ours = list(model.backbone(batch).values())
+        worst = max(
+            float((o - e).abs().max() / e.abs().max()) for o, e in zip(ours, expected, strict=True)
+        )
+        if "other name" in label:
+            assert model.backbone.body.bn1.eps == 1e-5 and worst > 0.05, label
+        else:
+            assert model.backbone.body.bn1.eps == 0.0 and worst < 1e-5, label
