@@ -1,6 +1,7 @@
 """`rcnn eval`: COCO AP or VOC07/VOC12 mAP of a checkpoint on a dataset, or of a detections file.
 
 Model mode:   rcnn eval --checkpoint CKPT --dataset SPEC [--data-root DIR] [--split val]
+              rcnn eval --torchvision NAME [--weights FILE] --dataset SPEC ...
 Results mode: rcnn eval --results DETS.json --coco ANN.json   (or --voc ROOT)
 
 Prints the metrics, per-class AP and precision/recall/F1 at ``--score-thresh`` (``--json``: only
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rcnn.cli.model_source import add_model_arguments, has_model, load_model
 from rcnn.errors import UserError
 from rcnn.evaluation import build_evaluator
 from rcnn.evaluation.coco import evaluate_coco_results
@@ -37,25 +40,20 @@ from rcnn.evaluation.report import (
 from rcnn.evaluation.results import check_result_ids, detections_to_results, load_results
 from rcnn.evaluation.voc import VOCEvaluator, detections_to_arrays
 
+logger = logging.getLogger(__name__)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 1)[1].strip()
     model = parser.add_argument_group("model mode")
-    model.add_argument("--checkpoint", help="checkpoint written by `rcnn train`")
+    add_model_arguments(model)
     model.add_argument("--dataset", help="shapes | coco | voc | path to a COCO json or VOC folder")
     model.add_argument("--data-root", help="root folder of the coco / voc datasets")
     model.add_argument("--split", default="val", choices=["train", "val"], help="default: val")
     model.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     model.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
     model.add_argument("--max-images", type=int, help="evaluate only the first N images")
-    model.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    model.add_argument(
-        "--fast",
-        action="store_true",
-        help="frozen BN folded into convs + channels-last (rcnn.models.fast): faster, "
-        "detections within float rounding of the default model",
-    )
     files = parser.add_argument_group("results mode")
     files.add_argument("--results", help="detections in the COCO results format (json list)")
     files.add_argument("--coco", help="COCO annotation json to score --results against")
@@ -71,13 +69,14 @@ def _check_mode(args: argparse.Namespace) -> None:
     if args.results:
         if bool(args.coco) == bool(args.voc):
             raise UserError("--results needs exactly one of --coco ANN.json or --voc ROOT")
-        if args.checkpoint:
-            raise UserError("give either --results or --checkpoint, not both")
+        if has_model(args):
+            raise UserError("give either --results or a model (--checkpoint / --torchvision)")
     elif args.coco or args.voc:
         raise UserError("--coco / --voc score a detections file: give it with --results DETS.json")
-    elif not (args.checkpoint and args.dataset):
+    elif not (has_model(args) and args.dataset):
         raise UserError(
-            "give --checkpoint CKPT --dataset SPEC, or --results DETS.json --coco ANN.json"
+            "give --checkpoint CKPT --dataset SPEC (or --torchvision NAME --dataset SPEC), or "
+            "--results DETS.json --coco ANN.json"
         )
 
 
@@ -140,18 +139,19 @@ def _init_distributed() -> bool:
     return True
 
 
+def _model_name(args: argparse.Namespace) -> str:
+    return args.checkpoint or f"torchvision {args.torchvision} ({args.weights or 'hub cache'})"
+
+
 def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] | None:
     from rcnn.data import build_dataset
-    from rcnn.engine.checkpoint import load_model
     from rcnn.engine.inference import first_images, predict_dataset
-    from rcnn.models.fast import optimize
+    from rcnn.engine.relabel import on_dataset_labels
 
     distributed = _init_distributed()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.checkpoint, device=device)
-    if args.fast:
-        optimize(model)
+    model = load_model(args)
     dataset = build_dataset(args.dataset, args.split, data_root=args.data_root)
+    model = on_dataset_labels(model, dataset.class_names, source=_model_name(args))
     subset = first_images(dataset, args.max_images or 0)
     evaluator = build_evaluator(dataset)
     predictions = predict_dataset(
@@ -160,6 +160,8 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
     )  # fmt: skip
     if distributed and torch.distributed.get_rank() != 0:
         return None
+    if getattr(model, "dropped", 0):
+        logger.info("%d detections of classes not in the dataset dropped", model.dropped)
     metrics = evaluator.evaluate()
     if args.output:
         results = getattr(evaluator, "results", None) or [

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from rcnn.cli.model_source import add_model_arguments, load_model
 from rcnn.errors import UserError
 from rcnn.evaluation.report import write_json
 from rcnn.evaluation.results import detections_to_results
@@ -33,23 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 1)[1].strip()
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
-    parser.add_argument("--checkpoint", help="checkpoint written by `rcnn train`")
-    parser.add_argument("--torchvision", metavar="NAME", help="e.g. maskrcnn_resnet50_fpn")
-    parser.add_argument(
-        "--weights",
-        help="torchvision state dict file (with --torchvision; default: torchvision's COCO_V1 file "
-        "of NAME in the torch hub cache, where torchvision's weights='COCO_V1' puts it)",
-    )
+    add_model_arguments(parser)
     parser.add_argument("--output", required=True, help="folder for overlays and results.json")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (0.5)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument(
-        "--fast",
-        action="store_true",
-        help="frozen BN folded into convs + channels-last (rcnn.models.fast): faster, "
-        "detections within float rounding of the default model",
-    )
 
 
 def _folder_images(folder: Path) -> list[Path]:
@@ -82,32 +70,6 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
                 raise UserError(f"{text}: no such file or folder, and no file matches it as a glob")
         paths += [p for p in found if p not in paths]
     return paths
-
-
-def load_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The model that ``--checkpoint`` or ``--torchvision NAME [--weights FILE]`` names, sped up by
-    ``rcnn.models.fast.optimize`` with ``--fast``."""
-    from rcnn.models.fast import optimize
-
-    model = _load_named_model(args)
-    return optimize(model) if getattr(args, "fast", False) else model
-
-
-def _load_named_model(args: argparse.Namespace) -> torch.nn.Module:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.checkpoint and args.torchvision:
-        raise UserError("give either --checkpoint or --torchvision, not both")
-    if args.checkpoint:
-        from rcnn.engine.checkpoint import load_model as load_checkpoint
-
-        return load_checkpoint(args.checkpoint, device=device)
-    if args.torchvision:
-        from rcnn.weights import load_torchvision
-        from rcnn.zoo import torchvision_hub_file
-
-        weights = args.weights or torchvision_hub_file(args.torchvision)
-        return load_torchvision(args.torchvision, weights).to(device)
-    raise UserError("give a model: --checkpoint CKPT, or --torchvision NAME [--weights FILE]")
 
 
 def _read(path: Path) -> torch.Tensor | None:

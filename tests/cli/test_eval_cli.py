@@ -193,6 +193,46 @@ def test_model_mode_with_oracle_scores_one(tmp_path, capsys, monkeypatch):
     assert not math.isnan(json.loads((out / "final_metrics.json").read_text())["bbox"]["AP50"])
 
 
+class RenamedOracle(OracleModel):
+    """The oracle with the classes in another order plus a class the dataset lacks (as a model
+    trained elsewhere): its labels are its own numbering, and it also finds "N/A 12" once."""
+
+    def __init__(self, dataset, count: int, classes: list[str]) -> None:
+        super().__init__(dataset, count)
+        self.dataset_classes, self.class_names = self.class_names, classes
+
+    def forward(self, images):
+        out = []
+        for dets in super().forward(images):
+            own = [self.class_names.index(self.dataset_classes[k]) for k in dets.labels.tolist()]
+            labels = torch.tensor([self.class_names.index("N/A 12"), *own])
+            out.append(Detections(
+                torch.cat([torch.tensor([[0.0, 0.0, 9.0, 9.0]]), dets.boxes]),
+                torch.cat([torch.tensor([1.0]), dets.scores]), labels,
+                torch.cat([torch.ones_like(dets.masks[:1]), dets.masks]),
+            ))  # fmt: skip
+        return out
+
+
+def test_model_classes_matched_to_the_dataset_by_name(tmp_path, capsys, monkeypatch, caplog):
+    from rcnn.data import build_dataset
+
+    dataset = build_dataset(str(FRUITS_JSON), "val")
+    renamed = ["N/A 12", *reversed(dataset.class_names)]
+    model = RenamedOracle(dataset, 3, renamed)
+    monkeypatch.setattr("rcnn.engine.checkpoint.load_model", lambda path, device="cpu": model)
+    args = ["--checkpoint", "ckpt.pt", "--dataset", str(FRUITS_JSON), "--max-images", "3"]
+    with caplog.at_level("INFO"):
+        metrics = run_json(args, capsys)
+    for iou_type in ("bbox", "segm"):  # label k scored as the dataset's class k would be ~0
+        assert metrics[iou_type]["AP"] == pytest.approx(1.0)
+    assert "3 detections of classes not in the dataset dropped" in caplog.text
+    model.class_names = ["N/A 12", *dataset.class_names[1:]]
+    assert main(["eval", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"does not know 1 of the dataset's classes ({dataset.class_names[0]})" in err
+
+
 def _torchrun_worker(rank: int, port: int, out: str) -> None:
     """One process of a 2-process `rcnn eval` as torchrun would start it (env://, gloo)."""
     import os

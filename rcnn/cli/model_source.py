@@ -1,0 +1,66 @@
+"""The model ``rcnn eval`` and ``rcnn predict`` run: ``--checkpoint`` of ours, or torchvision's
+weights with ``--torchvision NAME [--weights FILE]``; ``--device`` and ``--fast`` for both."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from rcnn.errors import UserError
+
+
+def add_model_arguments(group: argparse._ActionsContainer) -> None:
+    """``--checkpoint``, ``--torchvision``, ``--weights``, ``--device``, ``--fast``."""
+    group.add_argument("--checkpoint", help="checkpoint written by `rcnn train`")
+    group.add_argument(
+        "--torchvision",
+        metavar="NAME",
+        help="torchvision's weights for builder NAME instead (e.g. maskrcnn_resnet50_fpn)",
+    )
+    group.add_argument(
+        "--weights",
+        help="torchvision state dict file (with --torchvision; default: torchvision's COCO_V1 file "
+        "of NAME in the torch hub cache, where torchvision's weights='COCO_V1' puts it)",
+    )
+    group.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    group.add_argument(
+        "--fast",
+        action="store_true",
+        help="frozen BN folded into convs + channels-last (rcnn.models.fast): faster, "
+        "detections within float rounding of the default model",
+    )
+
+
+def has_model(args: argparse.Namespace) -> bool:
+    return bool(args.checkpoint or args.torchvision)
+
+
+def load_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The model that ``--checkpoint`` or ``--torchvision NAME [--weights FILE]`` names, on
+    ``--device``, sped up by ``rcnn.models.fast.optimize`` with ``--fast``."""
+    from rcnn.models.fast import optimize
+
+    model = _load_named_model(args)
+    return optimize(model) if args.fast else model
+
+
+def _load_named_model(args: argparse.Namespace) -> torch.nn.Module:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.checkpoint and args.torchvision:
+        raise UserError("give either --checkpoint or --torchvision, not both")
+    if args.weights and not args.torchvision:
+        raise UserError(
+            "--weights FILE goes with --torchvision NAME (a checkpoint of ours: --checkpoint)"
+        )
+    if args.checkpoint:
+        from rcnn.engine.checkpoint import load_model as load_checkpoint
+
+        return load_checkpoint(args.checkpoint, device=device)
+    if args.torchvision:
+        from rcnn.weights import load_torchvision
+        from rcnn.zoo import torchvision_hub_file
+
+        weights = args.weights or torchvision_hub_file(args.torchvision)
+        return load_torchvision(args.torchvision, weights).to(device).eval()
+    raise UserError("give a model: --checkpoint CKPT, or --torchvision NAME [--weights FILE]")
