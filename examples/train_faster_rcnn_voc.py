@@ -228,9 +228,10 @@ def recompute_losses(net, losses: dict) -> dict[str, float]:
     """The four losses recomputed from the intermediates, as the tutorial's loop does by hand."""
     inter = losses["intermediates"]
     rpn = rpn_losses(inter["rpn_logits"], inter["rpn_deltas"], inter["rpn_labels"],
-                     inter["rpn_box_targets"], beta=net.cfg.rpn.smooth_l1_beta)  # fmt: skip
+                     box_targets=inter["rpn_box_targets"],
+                     beta=net.cfg.rpn.smooth_l1_beta)  # fmt: skip
     rcnn = box_losses(inter["rcnn_cls_logits"], inter["rcnn_box_deltas"],
-                      inter["rcnn_cls_targets"], inter["rcnn_box_targets"],
+                      inter["rcnn_cls_targets"], box_targets=inter["rcnn_box_targets"],
                       beta=net.cfg.box_head.smooth_l1_beta)  # fmt: skip
     return {k: float(v.detach()) for k, v in {**rpn, **rcnn}.items() if k.startswith("loss_")}
 

@@ -85,8 +85,8 @@ def box_losses(
     cls_logits: Tensor,
     box_deltas: Tensor,
     gt_classes: Tensor,
-    box_targets: Tensor,
     *,
+    box_targets: Tensor,
     beta: float,
 ) -> dict[str, Tensor]:
     """Softmax CE over sampled RoIs + smooth-L1 of the GT class's deltas on positives, / #RoIs.

@@ -131,5 +131,5 @@ def positive_mask_targets(samples: dict, targets: list, size: int) -> Tensor:
         pos = torch.where(gt_classes > 0)[0]
         if len(pos) and target.masks is None:
             raise ValueError(f"image {target.image_id}: a Mask R-CNN needs masks in its targets")
-        out.append(mask_targets(target.masks or [], matched[pos], rois[pos], size))
+        out.append(mask_targets(target.masks or [], matched[pos], rois[pos], size=size))
     return torch.cat(out)

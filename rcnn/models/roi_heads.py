@@ -36,7 +36,9 @@ def sample_rois(proposals: list[Proposals], targets: list[Targets], cfg: BoxHead
         # only usable GT joins the proposals: not crowd/difficult and of positive size
         usable = ~target.ignore & nonempty(target.boxes)
         rois = torch.cat([props.boxes, target.boxes[usable]])
-        matched, labels = match_labels(matcher, target.boxes, target.ignore, rois)
+        matched, labels = match_labels(
+            matcher, rois, gt_boxes=target.boxes, gt_ignore=target.ignore
+        )
         labels = sampler(labels)
         keep = torch.where(labels >= 0)[0]
         rois, matched, is_pos = rois[keep], matched[keep], labels[keep] == 1
@@ -91,7 +93,9 @@ def box_step(samples: dict, cls_logits: Tensor, box_deltas: Tensor, cfg) -> tupl
     """
     gt_classes = torch.cat(samples["gt_classes"])
     box_targets = torch.cat(samples["box_targets"])
-    losses = box_losses(cls_logits, box_deltas, gt_classes, box_targets, beta=cfg.smooth_l1_beta)
+    losses = box_losses(
+        cls_logits, box_deltas, gt_classes, box_targets=box_targets, beta=cfg.smooth_l1_beta
+    )
     intermediates = {
         "rois": samples["rois"],
         "matched_gt": samples["matched"],
@@ -182,7 +186,7 @@ class RoIHeads(nn.Module):
                     f"image {target.image_id}: a Mask R-CNN needs masks in its targets"
                 )
             gt_masks = target.masks if target.masks is not None else []
-            mask_tgts.append(mask_targets(gt_masks, matched[pos], rois[pos], size))
+            mask_tgts.append(mask_targets(gt_masks, matched[pos], rois[pos], size=size))
         logits = self.mask_head(self.mask_features(features, pos_rois))
         mask_tgts = torch.cat(mask_tgts)
         edge_weight = self.mask_cfg.edge_loss_weight

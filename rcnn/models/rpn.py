@@ -139,7 +139,7 @@ def anchor_targets(
 
 
 def rpn_losses(
-    logits: Tensor, deltas: Tensor, labels: Tensor, box_targets: Tensor, *, beta: float
+    logits: Tensor, deltas: Tensor, labels: Tensor, *, box_targets: Tensor, beta: float
 ) -> dict[str, Tensor]:
     """Objectness BCE over sampled anchors and smooth-L1 over positives, both / #sampled.
 
@@ -205,7 +205,7 @@ class RPN(nn.Module):
         )
         labels, box_targets = anchor_targets(all_anchors, targets, self.cfg)
         losses = rpn_losses(
-            all_logits, all_deltas, labels, box_targets, beta=self.cfg.smooth_l1_beta
+            all_logits, all_deltas, labels, box_targets=box_targets, beta=self.cfg.smooth_l1_beta
         )
         intermediates = {
             "anchors": all_anchors,

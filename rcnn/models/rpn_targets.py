@@ -91,12 +91,14 @@ class RPNTargetGenerator:
             labels int64 [N] (1 / 0 / -1).
         """
         if self.allowed_border < 0:
-            return match_labels(self.matcher, gt_boxes, gt_ignore, anchors)
+            return match_labels(self.matcher, anchors, gt_boxes=gt_boxes, gt_ignore=gt_ignore)
         inside = torch.where(inside_image(anchors, image_size, self.allowed_border))[0]
         matched = torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device)
         labels = torch.full_like(matched, -1)
         if len(inside):  # a tiny image may have no anchor inside: nothing to learn from
-            matched_in, labels_in = match_labels(self.matcher, gt_boxes, gt_ignore, anchors[inside])
+            matched_in, labels_in = match_labels(
+                self.matcher, anchors[inside], gt_boxes=gt_boxes, gt_ignore=gt_ignore
+            )
             matched[inside], labels[inside] = matched_in, labels_in
         return matched, labels
 

@@ -50,7 +50,9 @@ def _rle_targets(rle: dict, rois: Tensor, size: int) -> Tensor:
     return (aligned[:, 0] >= 0.5).float()
 
 
-def mask_targets(gt_masks: list[InstanceMask], matched: Tensor, rois: Tensor, size: int) -> Tensor:
+def mask_targets(
+    gt_masks: list[InstanceMask], matched: Tensor, rois: Tensor, *, size: int
+) -> Tensor:
     """Training targets of the mask head.
 
     Args:

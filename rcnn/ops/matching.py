@@ -48,7 +48,7 @@ class Matcher:
 
 
 def match_labels(
-    matcher: Matcher, gt_boxes: Tensor, gt_ignore: Tensor, boxes: Tensor
+    matcher: Matcher, boxes: Tensor, *, gt_boxes: Tensor, gt_ignore: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Match ``boxes`` [N,4] to ``gt_boxes`` [G,4] with ignore (crowd / difficult) regions.
 

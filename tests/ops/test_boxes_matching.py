@@ -65,11 +65,11 @@ def test_match_labels_ignores_crowd_regions():
             [200, 200, 210, 210],
         ]
     )
-    matched, labels = match_labels(Matcher(0.5, 0.5), gt, ignore, boxes)
+    matched, labels = match_labels(Matcher(0.5, 0.5), boxes, gt_boxes=gt, gt_ignore=ignore)
     assert labels.tolist() == [1, -1, -1, 0]  # a crowd is neither positive nor negative
     assert matched[0] == 0
     # only crowds: nothing positive, overlapping boxes ignored, the rest negative
-    _, labels = match_labels(Matcher(0.5, 0.5), gt[1:], ignore[1:], boxes)
+    _, labels = match_labels(Matcher(0.5, 0.5), boxes, gt_boxes=gt[1:], gt_ignore=ignore[1:])
     assert labels.tolist() == [0, -1, -1, 0]
 
 

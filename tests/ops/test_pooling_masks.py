@@ -57,13 +57,15 @@ def test_mask_targets_from_polygons_and_rle_agree():
     poly = [np.array([20, 10, 50, 10, 50, 30, 20, 30], dtype=np.float64)]
     rois = torch.tensor([[20.0, 10.0, 50.0, 30.0], [10.0, 0.0, 60.0, 40.0]])
     matched = torch.tensor([0, 1])
-    out = mask_targets([poly, rle], matched, rois, 10)
+    out = mask_targets([poly, rle], matched, rois, size=10)
     torch.testing.assert_close(out[0], torch.ones(10, 10))
-    ref = mask_targets([poly, poly], matched, rois, 10)
+    ref = mask_targets([poly, poly], matched, rois, size=10)
     # RoIAligned bitmap vs rasterised polygon: the same up to boundary pixels
     assert (out[1] != ref[1]).float().mean() < 0.1
     assert out[1].sum() > 0.3 * 100
-    assert mask_targets([poly], torch.zeros(0, dtype=torch.long), torch.zeros(0, 4), 10).shape == (
+    assert mask_targets(
+        [poly], torch.zeros(0, dtype=torch.long), torch.zeros(0, 4), size=10
+    ).shape == (
         0,
         10,
         10,
