@@ -273,7 +273,7 @@ def torchvision_hub_file(name: str) -> str:
         raise UserError(
             f"{name}: torchvision's COCO weights are not at {path} and nothing is downloaded: "
             f"fetch {tv.published_weights(name).url} there (or run torchvision's "
-            f'{name}(weights="COCO_V1") once), or pass pretrained=<local file>'
+            f'{name}(weights="COCO_V1") once), or give the path of a local copy'
         )
     return path
 
