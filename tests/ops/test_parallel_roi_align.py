@@ -53,3 +53,40 @@ def test_bf16_features_pool_in_float32_and_come_back_in_bf16():
     pooled = roi_align(features, rois, 7, 1.0, 2, True)
     expected = tv_roi_align(features.float(), rois, (7, 7), 1.0, 2, True).bfloat16()
     assert pooled.dtype == torch.bfloat16 and torch.equal(pooled, expected)
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 4, 0])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("batch,num", [(1, 10), (1, 300), (3, 300)])
+def test_backward_bit_for_bit_on_every_path(ratio, aligned, batch, num):
+    """The sparse backward (ratios 1/2/4), the threaded one (ratio 0) and one RoI chunk: every bit
+    of torchvision's gradient, with RoIs far outside the map, tiny ones, and several per pixel."""
+    gen = torch.Generator().manual_seed(100 * ratio + num + batch)
+    feature = torch.randn(batch, 16, 13, 19, generator=gen)
+    rois = random_rois(num, batch, 90, gen)
+    rois[::7, 1:] -= 30  # partly or wholly outside the map
+    rois[::11, 3:] = rois[::11, 1:3] + 0.2  # smaller than a feature pixel
+    grad = torch.randn(num, 16, 5, 6, generator=gen)
+    grads = []
+    for fn in (roi_align, tv_roi_align):
+        x = feature.clone().requires_grad_(True)
+        fn(x, rois, (5, 6), 0.2, ratio, aligned).backward(grad)
+        grads.append(x.grad.contiguous())
+    assert grads[0].abs().sum() > 0
+    assert torch.equal(grads[0].view(torch.int32), grads[1].view(torch.int32))
+
+
+def test_sparse_backward_is_the_one_used_here(monkeypatch):
+    """On this build the sparse product passes its self-check, and training uses it: torchvision's
+    backward kernel is not called for ratio 2 (it is for the adaptive ratio 0)."""
+    import rcnn.ops.roi_align as module
+
+    assert module.sparse_backward_is_exact()
+    calls = []
+    original = module._backward
+    monkeypatch.setattr(module, "_backward", lambda *a: calls.append(a) or original(*a))
+    gen = torch.Generator().manual_seed(0)
+    for ratio in (2, 0):
+        x = torch.randn(2, 8, 20, 24, generator=gen).requires_grad_(True)
+        module.roi_align(x, random_rois(100, 2, 80, gen), 7, 0.25, ratio, False).sum().backward()
+        assert (len(calls) > 0) == (ratio == 0)
