@@ -7,7 +7,7 @@ temporary pays a page fault per 4 kB page (measured here: ``x * s + b`` on a 111
 60 ms, 13 ms once the memory is reused; a Mask R-CNN R50-FPN training step at 800x1066 goes from
 ~16 s to ~13 s). Telling malloc to serve every size from its heap and never to trim it lets freed
 activations be reused. The cost is memory: the process keeps what it freed, and fragmentation
-raised the peak RSS of that training step from 3.2 to 4.1 GB (``benchmarks/README.md``). It
+raised the peak RSS of that training step from 3.2 to 3.8-4.1 GB (``benchmarks/README.md``). It
 changes no result: only where bytes live.
 
 Set ``RCNN_MALLOC=system`` to leave malloc as it is.
