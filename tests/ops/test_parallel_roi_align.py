@@ -59,8 +59,9 @@ def test_bf16_features_pool_in_float32_and_come_back_in_bf16():
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("batch,num", [(1, 10), (1, 300), (3, 300)])
 def test_backward_bit_for_bit_on_every_path(ratio, aligned, batch, num):
-    """The sparse backward (ratios 1/2/4), the threaded one (ratio 0) and one RoI chunk: every bit
-    of torchvision's gradient, with RoIs far outside the map, tiny ones, and several per pixel."""
+    """The sparse backward (ratios 1, 2), torchvision's kernel split over threads (4 and the
+    adaptive 0) and one RoI chunk: every bit of torchvision's gradient, with RoIs far outside the
+    map, tiny ones, and several per pixel."""
     gen = torch.Generator().manual_seed(100 * ratio + num + batch)
     feature = torch.randn(batch, 16, 13, 19, generator=gen)
     rois = random_rois(num, batch, 90, gen)
