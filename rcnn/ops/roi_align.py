@@ -11,12 +11,12 @@ column, sample row, sample column, corner) and its weights computed by torchvisi
 steps (``_bilinear_entries``). CPU's CSR x dense product sums each row's entries one after the
 other from 0, as torchvision's loop adds them, and the per-sample ``w / count`` is exact when
 count (sampling_ratio squared) is a power of two; so every gradient element gets the same additions
-in the same order: the same bits, 4-8x faster than torchvision's kernel (which recomputes the
+in the same order: the same bits, 5-13x faster than torchvision's kernel (which recomputes the
 bilinear weights for every channel) at the presets' sizes, sampling ratio 1 or 2 and 64-256
-channels. A self-check against torchvision's kernel on first use (``sparse_backward_is_exact``)
-guards that; otherwise, and for other ratios (the adaptive 0, whose per-RoI count is not a power
-of two), the backward runs torchvision's kernel split by image (B > 1) or by channel, again in the
-original order for every element.
+channels (``benchmarks/roi_align_backward.py``). A self-check against torchvision's kernel on
+first use (``sparse_backward_is_exact``) guards that; otherwise, and for other ratios (the
+adaptive 0, whose per-RoI count is not a power of two), the backward runs torchvision's kernel
+split by image (B > 1) or by channel, again in the original order for every element.
 
 Shape shorthand: B images, D channels, H/W feature size, R RoIs, S output side, g samples per bin
 side (``sampling_ratio``), K sparse entries (R S^2 g^2 samples x 4 corners, those in the map).
