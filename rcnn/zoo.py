@@ -278,17 +278,6 @@ def torchvision_hub_file(name: str) -> str:
     return path
 
 
-def dotted_keys(overrides: dict[str, Any] | None) -> set[str]:
-    """Dotted keys of ``overrides``, dotted or nested: ``{"a": {"b": 1}, "c.d": 2}``: a.b, c.d."""
-    keys: set[str] = set()
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict):
-            keys |= {f"{key}.{sub}" for sub in dotted_keys(value)}
-        else:
-            keys.add(key)
-    return keys
-
-
 def get_model(
     name: str,
     *,
@@ -312,16 +301,16 @@ def get_model(
         overrides: model config values to change, by dotted key (``{"backbone.name": "resnet18",
             "input.test_short": 600}``) or nested dicts, checked as ``rcnn train --set model.*``.
     """
+    from rcnn.config import apply_dict, nest_dotted
     from rcnn.models.build import build_model
     from rcnn.models.reset_class import pretrained_classes
     from rcnn.weights import load_state_dict_checked, read_state_dict
     from rcnn.weights import torchvision as tv
 
     cfg = get_preset(name).model
-    if overrides:
-        from rcnn.config import apply_dict, nest_dotted
-
-        apply_dict(cfg, nest_dotted(overrides), prefix="model.")
+    overridden = nest_dotted(overrides or {})
+    if overridden:
+        apply_dict(cfg, overridden, prefix="model.")
     preset_classes = default_classes(name, cfg)
     cfg.classes = tuple(classes) if classes is not None else preset_classes
     if pretrained is True:
@@ -335,7 +324,7 @@ def get_model(
             if rows is not None and len(rows) == tv.COCO_LABELS + 1:
                 preset_classes = tv.coco_label_names()
             eps = tv.published_norm_eps(pretrained)
-            if eps is not None and "backbone.norm_eps" not in dotted_keys(overrides):
+            if eps is not None and "norm_eps" not in overridden.get("backbone", {}):
                 cfg.backbone.norm_eps = eps
         trained = pretrained_classes(pretrained, state_dict, preset_classes)
         wanted, cfg.classes = (cfg.classes if classes is not None else trained), trained

@@ -101,9 +101,9 @@ def optimize(
         compile_backbone: ``torch.compile`` the backbone (body + FPN) in place
             (``nn.Module.compile``: the state-dict keys stay). The first call per input size
             compiles (about 20 s for inference and 40 s for a training step of R50-FPN on 2 CPU
-            cores); it fuses the elementwise passes around the convs, which pays on a GPU. On
-            this project's CPU it gained nothing measurable (``benchmarks/README.md``), so it is
-            off unless asked for.
+            cores); it fuses the elementwise passes around the convs, meant for a GPU (not
+            measured yet: no GPU lent). On this project's CPU it gained nothing measurable
+            (``benchmarks/README.md``), so it is off unless asked for.
     """
     if fold_bn:
         fold_frozen_bn(model)

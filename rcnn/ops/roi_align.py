@@ -197,8 +197,8 @@ def sparse_backward_is_exact() -> bool:
 
 
 def _parallel_backward(grad, rois, shape, size, scale, ratio, aligned, workers) -> Tensor:
-    """Gradient [B, D, H, W] of the feature map, split by image (B > 1) or by channel."""
-    grad = grad.contiguous()
+    """Gradient [B, D, H, W] of the feature map, split by image (B > 1) or by channel; ``grad``
+    contiguous."""
     batch, channels, height, width = shape
     if batch > 1:
         index = rois[:, 0].long()

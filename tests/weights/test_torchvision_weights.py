@@ -197,6 +197,9 @@ def test_torchvision_published_file_gives_its_outputs_and_names(tmp_path, monkey
         "load_torchvision, hub file": load_torchvision(name, torchvision_hub_file(name)),
         "load_torchvision, other name": load_torchvision(name, str(other)),
         "zoo, other name": get_model(name, pretrained=str(other), pretrained_base=False),
+        "zoo, eps overridden, other name": get_model(
+            name, pretrained=True, pretrained_base=False, overrides={"backbone.norm_eps": 1e-5}
+        ),
     }
     for label, model in models.items():
         model.eval()
