@@ -60,6 +60,7 @@ class TrainConfig:
     """
 
     network: str = "mask_rcnn_shapes"
+    weights: str = ""  # initial weights: an rcnn checkpoint (e.g. written by rcnn convert)
     dataset: str = "shapes"
     data_root: str | None = None
     output: str | None = None

@@ -14,24 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rcnn.data.class_names import COCO_CLASSES
 from rcnn.errors import UserError
 from rcnn.models.config import DEFAULT_BOX_CLIP, ModelConfig
 from rcnn.models.shapes_preset import SHAPES_RECIPE, shapes_model
 
 logger = logging.getLogger(__name__)
 
-COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
-)  # fmt: skip
 
 # references/detection/README.md: 8 GPUs x 2 images, --epochs 26 --lr-steps 16 22, warmup
 # min(1000, iters per epoch) from 1/1000 (engine.py). (The v2 weights were published with a longer
@@ -115,17 +104,23 @@ def _gluoncv_fpn(backbone: str, *, mask: bool) -> ModelConfig:
     """GluonCV's FPN models (model_zoo.py; features.md section 1.5)."""
     cfg = ModelConfig(classes=COCO_CLASSES, mask_on=mask)
     cfg.backbone.name = backbone
+    cfg.fpn.p6 = "conv"  # FPNFeatureExpander(use_p6=True): p6_conv defaults to True
     cfg.anchors.style = "gluoncv"  # base 16, scales (2,4,8,16,32) -> 32..512 px, ratios (.5,1,2)
     rpn = cfg.rpn
     rpn.channels = 1024
     rpn.pre_nms_topk, rpn.post_nms_topk = (12000, 6000), (2000, 1000)
     rpn.per_level = False  # GluonCV ranks and suppresses proposals over all levels jointly
-    rpn.min_size = 1.0
+    # RPNProposal drops x2 - x1 + 1 < rpn_min_size (1): with our widths, x2 - x1 < 0: none
+    rpn.min_size = 0.0
+    rpn.allowed_border = 0.0  # RPNTargetGenerator ignores anchors crossing the image border
+    rpn.negatives_last = True  # RPNTargetSampler: small objects get no positive anchor
     rpn.box_clip = 4.42 if mask else 4.14
     box = cfg.box_head
     box.box_clip = rpn.box_clip
     box.smooth_l1_beta = 1.0  # --rcnn-smoothl1-rho 1.0
     box.score_thresh = 0.01  # MultiPerClassDecoder's default thresh
+    box.level_rule = "gluoncv"  # _pyramid_roi_feats: inclusive sizes (w + 1)(h + 1)
+    box.clip_boxes = False  # the R-CNN decodes boxes without clipping them to the image
     # deviation from gluoncv: at most 100 detections (rcnn_max_dets 1000 / post_nms -1 there):
     # COCO AP counts the top 100 per image, and 1000 full-resolution masks take ~1 GB per image
     box.detections_per_img = 100
@@ -162,6 +157,7 @@ def _gluoncv_c4(backbone: str, *, mask: bool, voc: bool = False) -> ModelConfig:
     # with our widths (x2 - x1) the same test is width < min_size - 1
     rpn.min_size = 15.0 if voc else 0.0
     rpn.allowed_border = 0.0  # RPNTargetGenerator ignores anchors crossing the image border
+    rpn.negatives_last = True  # RPNTargetSampler: small objects get no positive anchor
     # deviation from gluoncv: the VOC models decode without a clip (clip=None); we keep
     # log(1000/16) so that exp() cannot overflow
     rpn.box_clip = DEFAULT_BOX_CLIP if voc else (4.42 if mask else 4.14)
@@ -172,6 +168,7 @@ def _gluoncv_c4(backbone: str, *, mask: bool, voc: bool = False) -> ModelConfig:
     box.smooth_l1_beta = 1.0  # --rcnn-smoothl1-rho 1.0
     box.score_thresh = 0.01  # MultiPerClassDecoder's default thresh
     box.nms_thresh, box.nms_topk = (0.3, 400) if voc else (0.5, -1)
+    box.clip_boxes = False  # the R-CNN decodes boxes without clipping them to the image
     box.detections_per_img = 100  # gluoncv: post_nms 100 (VOC); COCO: see _gluoncv_fpn
     if mask:  # Mask(num_fcn_convs=0, mask_channels=256): deconv on res5's 7x7 -> 14x14 masks
         cfg.mask_head.num_conv, cfg.mask_head.conv_dim = 0, 256

@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 # (flag, config key, help); every value goes through the same type checks as --set.
 FLAGS = [
     ("--network", "network", "model preset (rcnn.list_models()); default mask_rcnn_shapes"),
+    (
+        "--weights",
+        "weights",
+        "initial weights: an rcnn checkpoint (e.g. from rcnn convert); class rows kept by name",
+    ),
     ("--dataset", "dataset", "coco | voc | shapes | a COCO json / folder of jsons / VOC folder"),
     ("--data-root", "data_root", "folder of coco/voc (or where shapes is generated)"),
     ("--output", "output", "run folder (default runs/<network>_<dataset>_<time>/)"),

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from rcnn.errors import CheckpointError
+from rcnn.weights.detectron2 import is_detectron2_state
+from rcnn.weights.peer import peer_file_error
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "config", "class_names", "format_version")
@@ -71,6 +73,9 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): a half-written file?")
+    peer_error = peer_file_error(path)
+    if peer_error is not None:  # GluonCV's .params, Detectron2's .pkl: not torch files at all
+        raise peer_error
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
@@ -82,6 +87,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(f"checkpoint {path} is not an rcnn checkpoint (not a dict)")
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
+        _raise_if_peer_state(path, state)
         raise CheckpointError(
             f"checkpoint {path} is not an rcnn training checkpoint (missing {', '.join(missing)})"
         )
@@ -91,6 +97,23 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"up to {FORMAT_VERSION} (upgrade rcnn)"
         )
     return state
+
+
+def _raise_if_peer_state(path: Path, state: dict) -> None:
+    """A ``CheckpointError`` naming ``rcnn convert`` for a Detectron2 / torchvision state dict."""
+    weights = state.get("model", state)
+    if not isinstance(weights, dict):
+        return
+    if is_detectron2_state(weights):
+        peer, network = "detectron2", "CONFIG"
+    elif "rpn.head.cls_logits.weight" in weights:
+        peer, network = "torchvision", "BUILDER"
+    else:
+        return
+    raise CheckpointError(
+        f"checkpoint {path} holds {peer}'s weights, not an rcnn checkpoint: convert it first with "
+        f"`rcnn convert --from {peer} --network {network} {path} --output {path.stem}_rcnn.pth`"
+    )
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -109,13 +109,33 @@ def set_classes(cfg: TrainConfig, datasets: Datasets, resume_state: dict | None)
     cfg.model.category_ids = tuple(int(c) for c in mapping) if mapping else ()
 
 
-def build_train_model(cfg: TrainConfig) -> torch.nn.Module:
-    """``cfg.model``'s network, with the speed options when ``cfg.fast``."""
+def build_train_model(cfg: TrainConfig, *, initial_weights: bool = True) -> torch.nn.Module:
+    """``cfg.model``'s network (from ``cfg.weights`` when set and ``initial_weights``), with the
+    speed options when ``cfg.fast``."""
     from rcnn.models.build import build_model
     from rcnn.models.fast import optimize
 
+    if cfg.weights:  # every weight comes from the file: no ImageNet initialisation to read
+        cfg.model.backbone.pretrained_base = False
     model = build_model(cfg.model)
+    if cfg.weights and initial_weights:
+        load_initial_weights(model, cfg.weights)
     return optimize(model) if cfg.fast else model
+
+
+def load_initial_weights(model: torch.nn.Module, path: str) -> None:
+    """Start from the weights of checkpoint ``path`` (``rcnn train --weights``; e.g. a peer's
+    weights after ``rcnn convert``). Class rows carry over by name (GluonCV's ``reset_class``);
+    classes the checkpoint lacks start fresh. Any other mismatch is a ``CheckpointError``."""
+    from rcnn.engine.checkpoint import load_model
+    from rcnn.weights import load_state_dict_checked
+
+    donor = load_model(path)
+    if donor.class_names != model.class_names:
+        kept = [name for name in model.class_names if name in donor.class_names]
+        logger.info("--weights %s: %d of %d classes carry over", path, len(kept), model.num_classes)
+        donor.reset_class(model.class_names, reuse_weights=kept)
+    load_state_dict_checked(model, donor.state_dict(), source=path)
 
 
 def run_process(
@@ -129,7 +149,7 @@ def run_process(
     """Build the model and train it in this process (any rank)."""
     datasets = datasets or build_datasets(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_train_model(cfg)
+    model = build_train_model(cfg, initial_weights=resume_state is None)
     validator = Validator(
         datasets.val,
         evaluate_fn=functools.partial(

@@ -5,6 +5,7 @@ Shape shorthand: A anchors per location, L levels, H_l/W_l feature size of level
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import numpy as np
@@ -49,6 +50,18 @@ def gluoncv_cell_anchors(base_size: int, scales: tuple[float, ...], ratios: tupl
     return torch.tensor(out, dtype=torch.float32)
 
 
+def detectron2_cell_anchors(sizes: tuple[float, ...], ratios: tuple[float, ...]) -> Tensor:
+    """[A, 4] anchors centred on 0 as Detectron2's ``DefaultAnchorGenerator.generate_cell_anchors``:
+    ``w = sqrt(size^2 / r)``, ``h = r * w`` (Python floats, not rounded), size-major order."""
+    out = []
+    for size in sizes:
+        for ratio in ratios:
+            width = math.sqrt(size**2.0 / ratio)
+            height = ratio * width
+            out.append([-width / 2.0, -height / 2.0, width / 2.0, height / 2.0])
+    return torch.tensor(out, dtype=torch.float32)
+
+
 def gluoncv_level_anchors(cfg: AnchorConfig, strides: tuple[int, ...]) -> list[Tensor]:
     """Cell anchors per level as GluonCV 0.11's ``RPNAnchorGenerator`` makes them.
 
@@ -76,8 +89,8 @@ class AnchorGenerator(nn.Module):
     """Anchors of every level for a padded batch, cached per (level, feature size, device).
 
     Torchvision style: the stride of a level is ``padded_size // feature_size`` per axis
-    (torchvision ``AnchorGenerator``: 57, not 64, for P6 of a 288-px input); GluonCV style: the
-    nominal stride.
+    (torchvision ``AnchorGenerator``: 57, not 64, for P6 of a 288-px input); GluonCV and
+    Detectron2 styles: the nominal stride (Detectron2 shifts the grid by ``offset * stride``).
     """
 
     def __init__(self, cfg: AnchorConfig, strides: tuple[int, ...]) -> None:
@@ -92,8 +105,17 @@ class AnchorGenerator(nn.Module):
             cells = [torchvision_cell_anchors(s, cfg.aspect_ratios) for s in cfg.sizes]
         elif cfg.style == "gluoncv":
             cells = gluoncv_level_anchors(cfg, self.strides)
+        elif cfg.style == "detectron2":
+            if len(cfg.sizes) != len(strides):
+                raise ValueError(
+                    f"anchors.sizes has {len(cfg.sizes)} levels, features {len(strides)}"
+                )
+            cells = [detectron2_cell_anchors(s, cfg.aspect_ratios) for s in cfg.sizes]
         else:
-            raise ValueError(f"anchors.style must be 'torchvision' or 'gluoncv', got {cfg.style!r}")
+            raise ValueError(
+                f"anchors.style must be 'torchvision', 'gluoncv' or 'detectron2', got {cfg.style!r}"
+            )
+        self.offset = cfg.offset if cfg.style == "detectron2" else 0.0
         self.cell_anchors = cells
         self.num_anchors = len(cells[0])
         # bounded LRU: multi-scale training meets many padded sizes (P2 of 800x1333 is ~3 MB)
@@ -107,8 +129,12 @@ class AnchorGenerator(nn.Module):
     def _grid_anchors(self, level: int, grid: tuple[int, int], stride: tuple[int, int], device):
         key = (level, grid, stride, str(device))
         if key not in self._cache:
-            ys = torch.arange(grid[0], dtype=torch.float32, device=device) * stride[0]
-            xs = torch.arange(grid[1], dtype=torch.float32, device=device) * stride[1]
+            ys = (torch.arange(grid[0], dtype=torch.float32, device=device) + self.offset) * stride[
+                0
+            ]
+            xs = (torch.arange(grid[1], dtype=torch.float32, device=device) + self.offset) * stride[
+                1
+            ]
             yy, xx = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
             cell = self.cell_anchors[level].to(device)

@@ -23,7 +23,7 @@ def build_fpn_backbone(cfg: ModelConfig) -> Backbone:
     """ResNet body + FPN (P2-P6)."""
     body = ResNetBody(cfg.backbone)
     load_pretrained_base(body, cfg)
-    fpn = FPN(body.out_channels, cfg.fpn.out_channels, norm=cfg.fpn.norm)
+    fpn = FPN(body.out_channels, cfg.fpn.out_channels, norm=cfg.fpn.norm, p6=cfg.fpn.p6)
     return Backbone(body, fpn)
 
 

@@ -64,6 +64,9 @@ class BackboneConfig:
         weights: explicit ImageNet weight file for ``pretrained_base`` (else
             ``$RCNN_BACKBONE_WEIGHTS``, else torchvision's file in the torch hub cache;
             ``rcnn/models/pretrained.py``).
+        stride_in_1x1: a bottleneck that downsamples does so in its first 1x1 conv (MSRA's
+            original ResNet, Detectron2's ``RESNETS.STRIDE_IN_1X1``) instead of the 3x3 conv
+            (torchvision / GluonCV v1b).
     """
 
     name: str = "resnet50"
@@ -74,6 +77,7 @@ class BackboneConfig:
     width: int = 64
     pretrained_base: bool = True
     weights: str = ""
+    stride_in_1x1: bool = False
 
 
 @dataclass
@@ -83,10 +87,14 @@ class FPNConfig:
     Attributes:
         out_channels: channels of every pyramid level.
         norm: ``""`` (conv with bias) or a norm name as in ``BackboneConfig.norm``.
+        p6: ``"pool"`` (P5's output subsampled, torchvision / Detectron2) or ``"conv"`` (a 3x3
+            stride-2 conv on P5's lateral, before its output conv: GluonCV's
+            ``FPNFeatureExpander(use_p6=True)``, whose ``p6_conv`` defaults to True).
     """
 
     out_channels: int = 256
     norm: str = ""
+    p6: str = "pool"
 
 
 @dataclass
@@ -99,6 +107,13 @@ class AnchorConfig:
       - ``"gluoncv"``: ``base_size``, ``scales`` (one per level for FPN, all on the single C4
         level) and ``aspect_ratios``: GluonCV 0.11's ``RPNAnchorGenerator`` (integer-rounded
         shapes on a stride-sized window, centre ``(stride - 1) / 2``; ``anchors.py``).
+      - ``"detectron2"``: ``sizes`` per level and ``aspect_ratios`` as Detectron2's
+        ``DefaultAnchorGenerator``: ``w = sqrt(size^2 / r)``, ``h = r * w``, not rounded,
+        size-major order, centred on ``(k + offset) * stride`` with the nominal stride.
+
+    Attributes:
+        offset: Detectron2's ``ANCHOR_GENERATOR.OFFSET`` (fraction of a stride; style
+            ``detectron2`` only).
     """
 
     style: str = "torchvision"
@@ -106,6 +121,7 @@ class AnchorConfig:
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     base_size: int = 16
     scales: tuple[float, ...] = (2, 4, 8, 16, 32)
+    offset: float = 0.0
 
 
 @dataclass
@@ -129,6 +145,9 @@ class RPNConfig:
     box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     box_clip: float = DEFAULT_BOX_CLIP
     allowed_border: float = -1.0  # >= 0: anchors crossing the image by more are ignored (GluonCV 0)
+    # GluonCV's RPNTargetSampler applies the negative rule after the best-anchor rule: a ground
+    # truth whose best anchor has IoU < bg_iou_thresh (a small object) gets no positive anchor
+    negatives_last: bool = False
 
 
 @dataclass
@@ -143,6 +162,9 @@ class BoxHeadConfig:
     aligned: bool = False
     canonical_scale: int = 224
     canonical_level: int = 4
+    # "torchvision": floor(k0 + log2(sqrt(w h) / 224) + 1e-6); "gluoncv": inclusive pixel sizes,
+    # floor(k0 + log2(sqrt((w + 1)(h + 1)) / 224 + 1e-6)) (GluonCV's _pyramid_roi_feats)
+    level_rule: str = "torchvision"
     num_conv: int = 4
     conv_dim: int = 256
     fc_dim: int = 1024
@@ -158,6 +180,9 @@ class BoxHeadConfig:
     nms_thresh: float = 0.5
     nms_topk: int = -1  # GluonCV's nms_topk: best (box, class) pairs entering NMS (-1 = all)
     detections_per_img: int = 100
+    # clip decoded boxes to the image before NMS (torchvision); False: NMS and masks see them as
+    # decoded, as in GluonCV's R-CNN, and only the returned boxes are clipped
+    clip_boxes: bool = True
 
 
 @dataclass

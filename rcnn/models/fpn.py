@@ -15,16 +15,25 @@ class FPN(nn.Module):
     """Lateral 1x1 convs, nearest-neighbour top-down sum, 3x3 output convs, and P6.
 
     P6 is P5's output subsampled by 2 (``max_pool2d(kernel=1, stride=2)``: torchvision's
-    ``LastLevelMaxPool``, GluonCV's ``use_p6``), used by the RPN only.
+    ``LastLevelMaxPool``), or with ``p6="conv"`` a 3x3 stride-2 conv of P5's lateral (GluonCV's
+    ``FPNFeatureExpander``, ``p6_conv=True``); used by the RPN only.
 
     Args:
         in_channels: channels of c2..c5.
         out_channels: D.
         norm: optional norm after each conv (torchvision v2 uses BatchNorm).
+        p6: ``"pool"`` or ``"conv"`` (see above).
     """
 
-    def __init__(self, in_channels: tuple[int, ...], out_channels: int, *, norm: str = "") -> None:
+    def __init__(
+        self, in_channels: tuple[int, ...], out_channels: int, *, norm: str = "", p6: str = "pool"
+    ) -> None:
         super().__init__()
+        if p6 not in ("pool", "conv"):
+            raise ValueError(f"fpn.p6 must be 'pool' or 'conv', got {p6!r}")
+        self.p6 = None
+        if p6 == "conv":
+            self.p6 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
         self.lateral = nn.ModuleList(conv_norm(c, out_channels, 1, norm=norm) for c in in_channels)
         self.output = nn.ModuleList(
             conv_norm(out_channels, out_channels, 3, norm=norm) for _ in in_channels
@@ -44,11 +53,12 @@ class FPN(nn.Module):
         inputs = [feats[name] for name in self.in_features]
         top = self.lateral[-1](inputs[-1])
         outs = [self.output[-1](top)]
+        p6 = F.max_pool2d(outs[-1], kernel_size=1, stride=2) if self.p6 is None else self.p6(top)
         for idx in range(len(inputs) - 2, -1, -1):
             lateral = self.lateral[idx](inputs[idx])
             top = lateral + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")
             outs.insert(0, self.output[idx](top))
-        outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
+        outs.append(p6)
         return dict(zip(self.out_features, outs, strict=True))
 
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from rcnn.models.config import ModelConfig
 from rcnn.models.reset_class import reset_class
+from rcnn.ops.boxes import clip_boxes
 from rcnn.ops.masks import paste_masks
 from rcnn.structures import Detections, ImageBatch, Targets
 
@@ -146,6 +147,10 @@ class RCNN(nn.Module):
         masks = None
         if "mask_probs" in result:
             masks = paste_masks(result["mask_probs"], boxes, (int(raw_size[0]), int(raw_size[1])))
+        if not self.cfg.box_head.clip_boxes:
+            # deviation from gluoncv: its R-CNN returns boxes as decoded; NMS, mask pooling and
+            # pasting above used them so too, only the returned boxes are clipped to the image
+            boxes = clip_boxes(boxes, (int(raw_size[0]), int(raw_size[1])))
         return Detections(boxes, result["scores"], result["labels"], masks)
 
 

@@ -79,6 +79,20 @@ def make_net(cfg: BackboneConfig) -> tuple[nn.Module, int]:
     return builder(weights=None, norm_layer=norm_layer), c2_channels
 
 
+def stride_in_first_conv(net: nn.Module) -> None:
+    """Move each bottleneck's stride from its 3x3 conv (``conv2``) to its 1x1 ``conv1`` in place.
+
+    MSRA's original ResNet (Caffe) and Detectron2's ``STRIDE_IN_1X1=True`` (its ImageNet weights
+    were trained so); the weights keep their shapes, only where the image is subsampled changes.
+    """
+    for name in STAGES:
+        for block in getattr(net, name):
+            if not isinstance(block, tv_resnet.Bottleneck):
+                raise ValueError("backbone.stride_in_1x1 needs a bottleneck ResNet (50 and up)")
+            stride = block.conv2.stride
+            block.conv2.stride, block.conv1.stride = (1, 1), stride
+
+
 class ResNetBody(nn.Module):
     """torchvision's ResNet without avgpool/fc: ``forward(x [B,3,H,W]) -> {"c2".."c5"}``.
 
@@ -93,6 +107,8 @@ class ResNetBody(nn.Module):
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
         net, c2_channels = make_net(cfg)
+        if cfg.stride_in_1x1:  # MSRA / Detectron2 bottlenecks: the first 1x1 conv downsamples
+            stride_in_first_conv(net)
         if cfg.stem == "v1d":  # GluonCV's ResNet-v1d: deep stem + avg-pool shortcuts
             make_v1d(net, norm_factory(cfg.norm, eps=cfg.norm_eps) or nn.BatchNorm2d)
         elif cfg.stem != "torchvision":

@@ -71,7 +71,8 @@ def postprocess_boxes(
     """
     num_classes = boxes.shape[1]
     scores = F.softmax(cls_logits, -1)[:, 1:]
-    boxes = clip_boxes(boxes, image_size)
+    if cfg.clip_boxes:
+        boxes = clip_boxes(boxes, image_size)
     labels = torch.arange(num_classes, device=boxes.device).expand_as(scores)
     boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
     keep = torch.where(scores > cfg.score_thresh)[0]
@@ -127,6 +128,7 @@ class RoIHeads(nn.Module):
             "aligned": box_cfg.aligned,
             "canonical_scale": box_cfg.canonical_scale,
             "canonical_level": box_cfg.canonical_level,
+            "level_rule": box_cfg.level_rule,
         }
         self.box_pool = MultiLevelRoIPool(
             strides, box_cfg.pooler_resolution, sampling_ratio=box_cfg.sampling_ratio, **pool_kwargs

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from rcnn.models.config import RPNConfig
-from rcnn.ops.boxes import BoxCoder
+from rcnn.ops.boxes import BoxCoder, box_iou
 from rcnn.ops.matching import BalancedSampler, Matcher, match_labels
 
 
@@ -66,10 +66,21 @@ class RPNTargetGenerator:
     ``allowed_border >= 0`` anchors crossing the image border by more are ignored and take no part
     in matching (GluonCV: border 0; torchvision: no border test).
 
+    ``negatives_last`` (GluonCV presets) applies the negative rule after the best-anchor rule, as
+    GluonCV's ``RPNTargetSampler`` does: a best anchor whose IoU is below ``bg_iou_thresh`` turns
+    negative, so a small ground truth (11x16 px: best IoU 0.196 with the 32-px anchors) gets no
+    positive anchor at all. Off (torchvision, Detectron2, the shapes preset), its best anchors
+    stay positive.
+
     # deviation from gluoncv: a ground truth's best anchors are those whose IoU equals its maximum
-    # exactly (torchvision's ``Matcher``), not within float32 epsilon of it, and a ground truth
-    # that overlaps no anchor at all makes no positive (GluonCV's ``RPNTargetSampler`` would then
-    # mark every anchor inside the image positive). Both agree on the GluonCV fixtures.
+    # exactly (torchvision's ``Matcher``), not within float32 epsilon (1e-12) of it: equal on the
+    # GluonCV fixtures (tests/models/test_gluoncv_fixtures.py). A ground truth that overlaps no
+    # inside anchor makes no positive here; in GluonCV every anchor with IoU >= bg_iou_thresh with
+    # another ground truth then turns positive (its ``ious + eps > 0`` mask), a case that needs a
+    # box lying wholly in the image's outer band (no anchor inside overlaps it).
+    # deviation from gluoncv: anchors are laid on the padded image (GluonCV: the unpadded feature
+    # size); the extra anchors lie outside the image, so with allowed_border 0 (GluonCV presets)
+    # they are ignored and the labels are equal (tests/weights/test_gluoncv_rpn_targets.py).
     """
 
     def __init__(self, cfg: RPNConfig) -> None:
@@ -77,6 +88,8 @@ class RPNTargetGenerator:
         self.sampler = BalancedSampler(cfg.batch_size_per_image, cfg.positive_fraction)
         self.coder = BoxCoder(cfg.box_weights, cfg.box_clip)
         self.allowed_border = cfg.allowed_border
+        self.negatives_last = cfg.negatives_last
+        self.bg_iou_thresh = cfg.bg_iou_thresh
 
     def label(
         self, anchors: Tensor, gt_boxes: Tensor, gt_ignore: Tensor, image_size: tuple[int, int]
@@ -91,15 +104,25 @@ class RPNTargetGenerator:
             labels int64 [N] (1 / 0 / -1).
         """
         if self.allowed_border < 0:
-            return match_labels(self.matcher, anchors, gt_boxes=gt_boxes, gt_ignore=gt_ignore)
+            return self._match(anchors, gt_boxes, gt_ignore)
         inside = torch.where(inside_image(anchors, image_size, self.allowed_border))[0]
         matched = torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device)
         labels = torch.full_like(matched, -1)
         if len(inside):  # a tiny image may have no anchor inside: nothing to learn from
-            matched_in, labels_in = match_labels(
-                self.matcher, anchors[inside], gt_boxes=gt_boxes, gt_ignore=gt_ignore
-            )
+            matched_in, labels_in = self._match(anchors[inside], gt_boxes, gt_ignore)
             matched[inside], labels[inside] = matched_in, labels_in
+        return matched, labels
+
+    def _match(self, anchors: Tensor, gt_boxes: Tensor, gt_ignore: Tensor):
+        matched, labels = match_labels(
+            self.matcher, anchors, gt_boxes=gt_boxes, gt_ignore=gt_ignore
+        )
+        if self.negatives_last and len(gt_boxes):
+            # GluonCV: the negative rule last, over the best-anchor positives too
+            best = gt_boxes.new_zeros(len(anchors))
+            if bool((~gt_ignore).any()):
+                best = box_iou(anchors, gt_boxes[~gt_ignore]).max(dim=1).values
+            labels[(labels == 1) & (best < self.bg_iou_thresh)] = 0
         return matched, labels
 
     def __call__(

@@ -21,15 +21,25 @@ def assign_fpn_levels(
     *,
     canonical_scale: int = 224,
     canonical_level: int = 4,
+    rule: str = "torchvision",
 ) -> Tensor:
     """FPN level of each RoI: ``floor(k0 + log2(sqrt(wh) / 224))`` (Lin et al. 2017, eq. 1).
 
     Args:
         boxes: [R, 4] XYXY.
+        rule: ``"torchvision"`` (poolers.py: ``+ 1e-6`` after the log) or ``"gluoncv"``
+            (``_pyramid_roi_feats``: inclusive sizes ``w + 1``, ``h + 1``; ``+ 1e-6`` inside the
+            log).
 
     Returns:
         int64 [R] levels in ``[min_level, max_level]`` (absolute, e.g. 2..5), clamped.
     """
+    if rule == "gluoncv":
+        sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1))
+        levels = torch.floor(canonical_level + torch.log2(sizes / canonical_scale + 1e-6))
+        return levels.clamp(min=min_level, max=max_level).to(torch.int64)
+    if rule != "torchvision":
+        raise ValueError(f"box_head.level_rule must be 'torchvision' or 'gluoncv', got {rule!r}")
     sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     # the 1e-6 keeps a box of exactly 224 px on level 4 despite float error (torchvision poolers)
     levels = torch.floor(canonical_level + torch.log2(sizes / canonical_scale) + 1e-6)
@@ -65,6 +75,7 @@ class MultiLevelRoIPool(nn.Module):
         aligned: bool = False,
         canonical_scale: int = 224,
         canonical_level: int = 4,
+        level_rule: str = "torchvision",
     ) -> None:
         super().__init__()
         if mode not in ("align", "pool"):
@@ -75,6 +86,7 @@ class MultiLevelRoIPool(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.mode, self.aligned = mode, aligned
         self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+        self.level_rule = level_rule
 
     def _pool(self, feature: Tensor, rois: Tensor, stride: int) -> Tensor:
         size = (self.output_size, self.output_size)
@@ -97,6 +109,7 @@ class MultiLevelRoIPool(nn.Module):
             self.levels[-1],
             canonical_scale=self.canonical_scale,
             canonical_level=self.canonical_level,
+            rule=self.level_rule,
         )
         out = features[0].new_zeros(
             (len(rois), features[0].shape[1], self.output_size, self.output_size)

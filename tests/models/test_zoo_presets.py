@@ -66,6 +66,7 @@ def test_preset_trains_and_predicts(name):
     assert det.labels.dtype == torch.int64 and bool((det.labels < model.num_classes).all())
     assert bool((det.scores[:-1] >= det.scores[1:]).all())
     assert bool((det.boxes[:, 0::2] <= WIDTH).all() and (det.boxes[:, 1::2] <= HEIGHT).all())
+    assert bool((det.boxes >= 0).all())
     if model.has_mask:
         assert det.masks.shape == (n, HEIGHT, WIDTH) and det.masks.dtype == torch.bool
     else:

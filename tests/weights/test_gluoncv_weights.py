@@ -1,0 +1,116 @@
+"""GluonCV's weights in, GluonCV's detections out.
+
+The expected outputs were made by GluonCV 0.10.5.post0 / MXNet 1.9.1 itself
+(``fixtures/make_gluoncv.py``) on seeded random weights and a real image fed at its own size; here
+the same weights are regenerated from the stored key / shape list, written as a ``.params`` file,
+read back without MXNet and loaded into our preset of the same name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peer_fixtures import FIXTURES, compare, load_fixture, our_outputs, read_input
+
+from rcnn.cli import main
+from rcnn.convert import gluoncv_model
+from rcnn.engine.checkpoint import load_checkpoint, load_model
+from rcnn.errors import CheckpointError
+from rcnn.weights.gluoncv import convert_params, gluoncv_class_names
+from rcnn.weights.mxnet_params import parse_params, read_params, write_params
+
+NETWORKS = sorted(p.stem for p in (FIXTURES / "gluoncv").glob("*.json"))
+
+
+def test_reader_equals_mxnet_on_files_mxnet_wrote():
+    arrays = read_params(FIXTURES / "mxnet_small.params")
+    expected = json.loads((FIXTURES / "mxnet_small.json").read_text())
+    assert sorted(arrays) == sorted(expected)
+    for key, value in arrays.items():
+        assert list(value.shape) == expected[key]["shape"]
+        assert np.array_equal(value.ravel(), np.float32(expected[key]["values"]))
+    other = read_params(FIXTURES / "mxnet_dtypes.params")
+    assert other["half"].dtype == np.float16 and other["half"].tolist() == [[0.5, -1.25], [2, 3.5]]
+    assert other["ints"].tolist() == [1, -2, 3] and other["bytes"].tolist() == [0, 255, 7]
+
+
+def test_reader_rejects_truncated_and_foreign_files(tmp_path):
+    data = (FIXTURES / "mxnet_small.params").read_bytes()
+    with pytest.raises(CheckpointError, match=r"truncated MXNet \.params"):
+        parse_params(data[:-40], "cut.params")
+    with pytest.raises(CheckpointError, match=r"not an MXNet \.params file"):
+        parse_params(b"PK\x03\x04" + data, "zip.params")
+
+
+def test_writer_round_trip(tmp_path):
+    arrays = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.int64([5])}
+    write_params(tmp_path / "x.params", arrays)
+    back = read_params(tmp_path / "x.params")
+    assert back.keys() == arrays.keys()
+    assert all(
+        np.array_equal(back[k], arrays[k]) and back[k].dtype == arrays[k].dtype for k in back
+    )
+
+
+def test_class_names_follow_the_dataset():
+    assert gluoncv_class_names("faster_rcnn_resnet50_v1b_voc", 20)[:2] == ("aeroplane", "bicycle")
+    assert gluoncv_class_names("mask_rcnn_resnet50_v1b_coco", 80)[0] == "person"
+    assert gluoncv_class_names("faster_rcnn_resnet50_v1b_voc", 3) == (
+        "class_1",
+        "class_2",
+        "class_3",
+    )
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(CheckpointError, match=r"does not know.*extra_thing"):
+        convert_params(
+            {"extra_thing.weight": np.zeros(3, np.float32)}, "faster_rcnn_resnet50_v1b_voc"
+        )
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_detections_equal_gluoncv(name, tmp_path):
+    meta, expected, weights = load_fixture("gluoncv", name)
+    path = tmp_path / f"{name}.params"
+    write_params(path, weights)
+    model = gluoncv_model(name, path)
+    image = read_input(meta["image"])
+    ours = our_outputs(model, image)
+    assert len(expected["scores"]) >= 20
+    assert compare(ours, expected, clip_to=tuple(image.shape[-2:])) == []
+
+
+def test_convert_cli_writes_a_checkpoint_eval_and_predict_read(tmp_path, capsys):
+    name = "faster_rcnn_resnet50_v1b_voc"
+    meta, expected, weights = load_fixture("gluoncv", name)
+    params = tmp_path / "net.params"
+    write_params(params, weights)
+    out = tmp_path / "net.pth"
+    argv = ["convert", "--from", "gluoncv", "--network", name, str(params), "--output", str(out)]
+    assert main(argv) == 0
+    assert "20 classes" in capsys.readouterr().out
+    state = load_checkpoint(out)
+    assert state["class_names"][0] == "aeroplane"
+    assert state["converted_from"]["peer"] == "gluoncv"
+    model = load_model(out)
+    image = read_input(meta["image"])
+    assert compare(our_outputs(model, image), expected, clip_to=tuple(image.shape[-2:])) == []
+    # a GluonCV file where a checkpoint is expected: the error says how to convert it
+    with pytest.raises(CheckpointError, match="rcnn convert --from gluoncv"):
+        load_checkpoint(params)
+    assert main(["eval", "--checkpoint", str(params), "--dataset", "shapes"]) == 2
+    assert "rcnn convert" in capsys.readouterr().err
+
+
+def test_detectron2_pkl_as_checkpoint_names_convert(tmp_path):
+    path = Path(tmp_path) / "model_final.pkl"
+    torch.save({"x": 1}, path, _use_new_zipfile_serialization=False)  # any non-zip pickle
+    with pytest.raises(
+        CheckpointError, match=r"Detectron2 \.pkl file.*rcnn convert --from detectron2"
+    ):
+        load_checkpoint(path)
