@@ -149,8 +149,9 @@ class RoIHeads(nn.Module):
     def box_forward(self, features: list[Tensor], rois: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Class logits [R, C+1] and deltas [R, 4C] of ``rois`` (one [R_i, 4] per image)."""
         pooled = self.box_pool(features, rois)
-        if self.box_cfg.pool_downsample > 1:
-            pooled = F.avg_pool2d(pooled, self.box_cfg.pool_downsample)
+        step = self.box_cfg.pool_downsample
+        if step > 1:  # GluonCV's box_features[0]: AvgPool2D(3, strides=2, padding=1) for step 2
+            pooled = F.avg_pool2d(pooled, 2 * step - 1, stride=step, padding=step - 1)
         return self.box_predictor(self.box_head(pooled))
 
     def forward_train(self, features, proposals, targets) -> tuple[dict, dict]:
