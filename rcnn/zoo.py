@@ -105,6 +105,7 @@ def _gluoncv_fpn(backbone: str, *, mask: bool) -> ModelConfig:
     cfg = ModelConfig(classes=COCO_CLASSES, mask_on=mask)
     cfg.backbone.name = backbone
     cfg.fpn.p6 = "conv"  # FPNFeatureExpander(use_p6=True): p6_conv defaults to True
+    cfg.input.train_rounding = "round"  # resize_short_within rounds the resized sides
     cfg.anchors.style = "gluoncv"  # base 16, scales (2,4,8,16,32) -> 32..512 px, ratios (.5,1,2)
     rpn = cfg.rpn
     rpn.channels = 1024
@@ -149,6 +150,7 @@ def _gluoncv_c4(backbone: str, *, mask: bool, voc: bool = False) -> ModelConfig:
     cfg.backbone.stem = "v1d" if variant == "v1d" else "torchvision"
     short, cfg.input.max_size = (600, 1000) if voc else (800, 1333)
     cfg.input.train_short, cfg.input.test_short = (short,), short
+    cfg.input.train_rounding = "round"  # resize_short_within rounds the resized sides
     cfg.anchors.style = "gluoncv"  # base 16, scales (2..32), ratios (.5,1,2): 15 per location
     rpn = cfg.rpn
     rpn.channels = 1024

@@ -26,23 +26,31 @@ def resize_scale(height: int, width: int, short: int, max_size: int) -> float:
     return min(short / min(height, width), max_size / max(height, width))
 
 
-def resized_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """``(H', W')`` that ``resize`` produces (``floor(side * scale)``, as ``interpolate`` does)."""
+def resized_size(
+    height: int, width: int, short: int, max_size: int, *, rounding: str = "floor"
+) -> tuple[int, int]:
+    """``(H', W')`` that ``resize`` produces: ``floor(side * scale)`` as ``interpolate`` does, or
+    with ``rounding="round"`` the nearest integer (GluonCV's ``resize_short_within``)."""
     scale = resize_scale(height, width, short, max_size)
+    if rounding == "round":
+        return round(float(height) * scale), round(float(width) * scale)
+    if rounding != "floor":
+        raise ValueError(f"input.train_rounding must be 'floor' or 'round', got {rounding!r}")
     return math.floor(float(height) * scale), math.floor(float(width) * scale)
 
 
-def resize_image(image: Tensor, short: int, max_size: int) -> tuple[Tensor, float]:
-    """Resize a uint8 ``[3, H, W]`` image; returns the uint8 ``[3, H', W']`` image and the scale."""
+def resize_image(
+    image: Tensor, short: int, max_size: int, *, rounding: str = "floor"
+) -> tuple[Tensor, float]:
+    """Resize a uint8 ``[3, H, W]`` image; returns the uint8 ``[3, H', W']`` image and the scale
+    (``rounding``: see ``resized_size``)."""
     height, width = image.shape[-2:]
     scale = resize_scale(height, width, short, max_size)
+    sizing: dict = {"scale_factor": scale, "recompute_scale_factor": True}
+    if rounding != "floor":
+        sizing = {"size": resized_size(height, width, short, max_size, rounding=rounding)}
     resized = F.interpolate(
-        image[None].float(),
-        scale_factor=scale,
-        mode="bilinear",
-        align_corners=False,
-        recompute_scale_factor=True,
-        antialias=False,
+        image[None].float(), mode="bilinear", align_corners=False, antialias=False, **sizing
     )[0]
     return resized.round_().clamp_(0, 255).to(torch.uint8), scale
 
@@ -64,9 +72,11 @@ def resize_targets(targets: Targets, new_size: tuple[int, int], scale: float) ->
     )
 
 
-def resize(image: Tensor, targets: Targets, short: int, max_size: int) -> tuple[Tensor, Targets]:
+def resize(
+    image: Tensor, targets: Targets, short: int, max_size: int, *, rounding: str = "floor"
+) -> tuple[Tensor, Targets]:
     """Resize an image and its targets (short side ``short``, long side at most ``max_size``)."""
-    resized, scale = resize_image(image, short, max_size)
+    resized, scale = resize_image(image, short, max_size, rounding=rounding)
     return resized, resize_targets(targets, tuple(resized.shape[-2:]), scale)
 
 
@@ -95,6 +105,8 @@ class TrainTransform:
             ``"range"`` draws an integer in ``[short[0], short[-1]]`` (GluonCV's tuple semantics).
         max_size: the long side's limit.
         flip_prob: probability of a horizontal flip.
+        rounding: ``"floor"`` (the resized side is ``floor(side * scale)``) or ``"round"``
+            (GluonCV's ``resize_short_within`` rounds to the nearest integer).
     """
 
     def __init__(
@@ -104,6 +116,7 @@ class TrainTransform:
         *,
         flip_prob: float = 0.5,
         short_mode: str = "choice",
+        rounding: str = "floor",
     ) -> None:
         if short_mode not in ("choice", "range"):
             raise ValueError(f"short_mode must be 'choice' or 'range', got {short_mode!r}")
@@ -111,6 +124,8 @@ class TrainTransform:
         self.max_size = int(max_size)
         self.flip_prob = float(flip_prob)
         self.short_mode = short_mode
+        self.rounding = rounding
+        resized_size(1, 1, 1, 1, rounding=rounding)  # rejects an unknown mode now
 
     def sample_short(self, generator: torch.Generator | None = None) -> int:
         if self.short_mode == "range":
@@ -123,7 +138,7 @@ class TrainTransform:
         self, image: Tensor, targets: Targets, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Targets]:
         short = self.sample_short(generator)
-        image, targets = resize(image, targets, short, self.max_size)
+        image, targets = resize(image, targets, short, self.max_size, rounding=self.rounding)
         if float(torch.rand((), generator=generator)) < self.flip_prob:
             image, targets = hflip(image, targets)
         return image, targets

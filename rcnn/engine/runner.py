@@ -46,7 +46,12 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
     from rcnn.data import TrainTransform, ValTransform, build_dataset
 
     size = cfg.model.input
-    transform = TrainTransform(size.train_short, size.max_size, short_mode=size.short_mode)
+    transform = TrainTransform(
+        size.train_short,
+        size.max_size,
+        short_mode=size.short_mode,
+        rounding=size.train_rounding,
+    )
     options = _dataset_options(cfg)
     train_set = build_dataset(
         cfg.dataset, "train", data_root=cfg.data_root, transform=transform, **options

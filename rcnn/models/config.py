@@ -32,6 +32,8 @@ class InputConfig:
             255.0 for Detectron2's).
         bgr: feed channels in BGR order (Detectron2's weights).
         size_divisibility: the padded batch is a multiple of this on both sides.
+        train_rounding: the train resize's output side: ``"floor"`` of ``side * scale``
+            (torchvision's ``interpolate``) or ``"round"`` (GluonCV's ``resize_short_within``).
     """
 
     train_short: tuple[int, ...] = (800,)
@@ -43,6 +45,7 @@ class InputConfig:
     pixel_range: float = 1.0
     bgr: bool = False
     size_divisibility: int = 32
+    train_rounding: str = "floor"
 
 
 @dataclass
@@ -179,6 +182,7 @@ class BoxHeadConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     nms_topk: int = -1  # GluonCV's nms_topk: best (box, class) pairs entering NMS (-1 = all)
+    min_size: float = 1e-2  # detections narrower / lower are dropped (torchvision; Detectron2: 0)
     detections_per_img: int = 100
     # clip decoded boxes to the image before NMS (torchvision); False: NMS and masks see them as
     # decoded, as in GluonCV's R-CNN, and only the returned boxes are clipped

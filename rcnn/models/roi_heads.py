@@ -78,7 +78,7 @@ def postprocess_boxes(
     keep = torch.where(scores > cfg.score_thresh)[0]
     if 0 < cfg.nms_topk < len(keep):  # GluonCV's nms_topk: the best pairs enter NMS
         keep = keep[scores[keep].topk(cfg.nms_topk).indices]
-    keep = keep[remove_small(boxes[keep], 1e-2)]
+    keep = keep[remove_small(boxes[keep], cfg.min_size)]
     nms_keep = batched_nms(boxes[keep], scores[keep], labels[keep], cfg.nms_thresh)
     limit = None if cfg.detections_per_img < 0 else cfg.detections_per_img  # -1: keep all
     keep = keep[nms_keep[:limit]]

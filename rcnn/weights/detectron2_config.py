@@ -221,6 +221,7 @@ def _box_head(cfg: ModelConfig, s: dict, *, c4: bool) -> None:
     box.score_thresh = float(s["MODEL.ROI_HEADS.SCORE_THRESH_TEST"])
     box.nms_thresh = float(s["MODEL.ROI_HEADS.NMS_THRESH_TEST"])
     box.detections_per_img = s["TEST.DETECTIONS_PER_IMAGE"]
+    box.min_size = 0.0  # fast_rcnn_inference keeps empty (clipped) boxes
     mask = cfg.mask_head
     mask.pooler_resolution = s["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"]
     mask.sampling_ratio = s["MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO"]

@@ -1,0 +1,111 @@
+"""Detectron2's weights in, Detectron2's detections out.
+
+The expected outputs were made by Detectron2 (02b5c4e) itself (``fixtures/make_detectron2.py``)
+on seeded random weights and a real image fed at its own size (BGR, no resize); here the same
+weights are regenerated from the stored key / shape list, pickled as a model-zoo ``.pkl`` and
+loaded with the config named by the model-zoo name.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from peer_fixtures import FIXTURES, compare, load_fixture, our_outputs, read_input
+
+from rcnn.convert import detectron2_model
+from rcnn.errors import CheckpointError
+from rcnn.weights.detectron2 import convert_key, load_detectron2, read_detectron2_file
+from rcnn.weights.detectron2_config import detectron2_config
+
+CONFIGS = sorted(p.stem for p in (FIXTURES / "detectron2").glob("*.json"))
+
+
+def write_pkl(path, weights: dict) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump({"model": weights, "__author__": "Detectron2 Model Zoo"}, handle)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_detections_equal_detectron2(name, tmp_path):
+    meta, expected, weights = load_fixture("detectron2", name)
+    path = tmp_path / f"{name}.pkl"
+    write_pkl(path, weights)
+    model = detectron2_model(path, name, overrides=meta.get("overrides"))
+    ours = our_outputs(model, read_input(meta["image"]))
+    assert len(expected["scores"]) >= 20
+    assert compare(ours, expected) == []
+
+
+def test_zoo_config_differences_reach_the_model_config():
+    fpn = detectron2_config("mask_rcnn_R_50_FPN_3x")
+    assert (fpn.arch, fpn.mask_on, fpn.input.bgr, fpn.input.pixel_range) == ("fpn", True, True, 255)
+    assert fpn.input.pixel_mean == (103.53, 116.28, 123.675) and fpn.input.pixel_std == (1, 1, 1)
+    assert fpn.backbone.stride_in_1x1 and fpn.anchors.style == "detectron2"
+    assert (fpn.box_head.aligned, fpn.box_head.sampling_ratio) == (True, 0)  # ROIAlignV2
+    assert (fpn.box_head.kind, fpn.box_head.pooler_resolution) == ("2fc", 7)
+    c4 = detectron2_config("COCO-Detection/faster_rcnn_R_101_C4_3x.yaml")
+    assert (c4.arch, c4.mask_on, c4.backbone.name, c4.box_head.kind) == (
+        "c4",
+        False,
+        "resnet101",
+        "res5",
+    )
+    assert c4.anchors.sizes == ((32, 64, 128, 256, 512),) and c4.rpn.pre_nms_topk[1] == 6000
+
+
+def test_yaml_with_base_is_followed(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "MODEL:\n  MASK_ON: true\n  ROI_HEADS:\n    NAME: Res5ROIHeads\n"
+    )
+    (tmp_path / "mine.yaml").write_text(
+        "_BASE_: base.yaml\nMODEL:\n  ANCHOR_GENERATOR:\n    OFFSET: 0.5\n  ROI_HEADS:\n"
+        "    NUM_CLASSES: 3\n    SCORE_THRESH_TEST: 0.3\n"
+    )
+    cfg = detectron2_config(str(tmp_path / "mine.yaml"))
+    assert cfg.mask_on and cfg.arch == "c4" and cfg.anchors.offset == 0.5
+    assert cfg.classes == ("class_1", "class_2", "class_3") and cfg.box_head.score_thresh == 0.3
+    (tmp_path / "gn.yaml").write_text("MODEL:\n  RESNETS:\n    RES5_DILATION: 2\n")
+    with pytest.raises(CheckpointError, match="RES5_DILATION=2 has no equivalent"):
+        detectron2_config(str(tmp_path / "gn.yaml"))
+
+
+def test_background_row_moves_to_the_front_and_keys_map():
+    assert convert_key("backbone.bottom_up.res3.1.conv2.norm.running_var") == (
+        "backbone.body.layer2.1.bn2.running_var"
+    )
+    assert convert_key("backbone.fpn_output4.bias") == "backbone.fpn.output.2.0.bias"
+    assert (
+        convert_key("roi_heads.mask_head.mask_fcn1.weight")
+        == "roi_heads.mask_head.convs.0.0.weight"
+    )
+    assert (
+        convert_key("roi_heads.res5.2.shortcut.norm.weight")
+        == "roi_heads.res5.2.downsample.1.weight"
+    )
+    _, _, weights = load_fixture("detectron2", CONFIGS[0])
+    out = load_detectron2(weights, CONFIGS[0])
+    theirs = weights["roi_heads.box_predictor.cls_score.weight"]
+    ours = out.state_dict["roi_heads.box_predictor.cls_score.weight"].numpy()
+    assert np.array_equal(ours[0], theirs[-1]) and np.array_equal(ours[1:], theirs[:-1])
+    assert out.classes[0] == "person" and len(out.classes) == 80
+
+
+def test_pkl_reader_runs_no_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump({"model": {"x": Evil()}}, handle)
+    with pytest.raises(CheckpointError, match=r"builtins\.print is not allowed"):
+        read_detectron2_file(path)
+
+
+def test_pth_checkpoint_is_read(tmp_path):
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": {"proposal_generator.rpn_head.conv.weight": torch.ones(2)}}, path)
+    assert list(read_detectron2_file(path)) == ["proposal_generator.rpn_head.conv.weight"]
