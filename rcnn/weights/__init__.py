@@ -11,7 +11,14 @@ from torch import Tensor, nn
 
 from rcnn.errors import CheckpointError
 
-__all__ = ["load_state_dict_checked", "load_torchvision", "read_state_dict"]
+__all__ = [
+    "PeerWeights",
+    "load_detectron2",
+    "load_gluoncv",
+    "load_state_dict_checked",
+    "load_torchvision",
+    "read_state_dict",
+]
 
 
 def read_state_dict(source: Mapping[str, Any] | str | os.PathLike) -> dict[str, Tensor]:
@@ -70,3 +77,9 @@ def load_torchvision(name: str, state_dict_or_path, **kwargs):
     from rcnn.weights.torchvision import load_torchvision as _load
 
     return _load(name, state_dict_or_path, **kwargs)
+
+
+# the peers' converters use the helpers above: imported last
+from rcnn.weights.detectron2 import load_detectron2  # noqa: E402
+from rcnn.weights.gluoncv import load_gluoncv  # noqa: E402
+from rcnn.weights.peer import PeerWeights  # noqa: E402
