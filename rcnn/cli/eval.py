@@ -39,6 +39,7 @@ from rcnn.evaluation.report import (
 )
 from rcnn.evaluation.results import check_result_ids, detections_to_results, load_results
 from rcnn.evaluation.voc import VOCEvaluator, detections_to_arrays
+from rcnn.fileio import output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -169,15 +170,29 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
             for image_id, dets in predictions
             for r in detections_to_results(image_id, dets, dataset.label_to_category_id)
         ]
-        Path(args.output).mkdir(parents=True, exist_ok=True)
         write_json(Path(args.output) / "results.json", results)
     detections = {image_id: detections_to_arrays(dets) for image_id, dets in predictions}
     records = [r for r in dataset.records if r.image_id in detections]
     return metrics, records, detections, list(dataset.class_names)
 
 
+def _check_values(args: argparse.Namespace) -> None:
+    """Out-of-range numbers and an unusable ``--output``: one-line errors before any work."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise UserError(f"--num-workers must be >= 0, got {args.num_workers}")
+    if args.max_images is not None and args.max_images < 0:
+        raise UserError(f"--max-images must be >= 0 (0: all), got {args.max_images}")
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise UserError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    if args.output:
+        output_folder(args.output)
+
+
 def run(args: argparse.Namespace) -> int:
     _check_mode(args)
+    _check_values(args)
     if args.results:
         outcome = _eval_coco_file(args) if args.coco else _eval_voc_file(args)
     else:
