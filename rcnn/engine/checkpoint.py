@@ -199,3 +199,17 @@ def restore_rng(rng: dict[str, Any]) -> None:
     if "cuda" in rng and torch.cuda.is_available():
         states = rng["cuda"][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all(states)
+
+
+def plain(tree: Any) -> Any:
+    """``tree`` (e.g. an evaluator's metrics) with NumPy values and tensors as Python numbers and
+    lists, so that a checkpoint holding it loads with ``weights_only=True``."""
+    if isinstance(tree, dict):
+        return {str(k): plain(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [plain(v) for v in tree]
+    if isinstance(tree, (np.ndarray, np.generic)) or torch.is_tensor(tree):
+        return plain(tree.tolist())
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    return str(tree)
