@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     model.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
     model.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    model.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="follow image paths that leave the dataset folder (../x.jpg, /abs/x.jpg)",
+    )
     files = parser.add_argument_group("results mode")
     files.add_argument("--results", help="detections in the COCO results format (json list)")
     files.add_argument("--coco", help="COCO annotation json to score --results against")
@@ -151,7 +156,12 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
 
     distributed = _init_distributed()
     model = load_model(args)
-    dataset = build_dataset(args.dataset, args.split, data_root=args.data_root)
+    dataset = build_dataset(
+        args.dataset,
+        args.split,
+        data_root=args.data_root,
+        allow_outside_root=args.allow_outside_root,
+    )
     model = on_dataset_labels(model, dataset.class_names, source=_model_name(args))
     subset = first_images(dataset, args.max_images or 0)
     evaluator = build_evaluator(dataset)
@@ -161,6 +171,8 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
     )  # fmt: skip
     if distributed and torch.distributed.get_rank() != 0:
         return None
+    if not predictions:
+        raise UserError(f"--dataset {args.dataset}: none of the {len(subset)} images could be read")
     if getattr(model, "dropped", 0):
         logger.info("%d detections of classes not in the dataset dropped", model.dropped)
     metrics = evaluator.evaluate()

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 FINAL_KEYS = ("bbox", "segm", "voc07", "voc12")
 DATASET_OPTIONS = {
     "shapes": ("seed", "num_train", "num_val", "image_size", "min_object_area"),
-    "other": ("min_object_area", "classes"),
+    "other": ("min_object_area", "classes", "allow_outside_root"),
 }
 
 
