@@ -61,6 +61,7 @@ def image_problems(parsed: ParsedDataset) -> tuple[list[Problem], int]:
     problems: list[Problem] = []
     unreadable = 0
     missing = set(parsed.missing_images)
+    resized = {p.file for p in parsed.problems if p.kind == "size_mismatch"}  # reported once
     for record in parsed.records:
         path = record.image_path
         if path in missing:
@@ -77,7 +78,7 @@ def image_problems(parsed: ParsedDataset) -> tuple[list[Problem], int]:
             kind = "exif" if "EXIF" in note else "converted_to_rgb"
             problems.append(Problem(path, None, kind, note))
         actual = tuple(image.shape[1:])
-        if actual != expected:
+        if actual != expected and path not in resized:
             message = (
                 f"image is {actual[1]}x{actual[0]}, annotations say {expected[1]}x{expected[0]}"
             )
