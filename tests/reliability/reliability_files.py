@@ -81,3 +81,19 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
     if code in (1, 2) and argv[0] != "check":
         assert len(errors) == 1, captured.err
     return code, captured.out, captured.err
+
+
+def flip_tensor_bytes(source: Path, target: Path) -> None:
+    """Copy checkpoint ``source`` to ``target`` with 8 bytes inverted in the middle of its largest
+    tensor record (the zip's own structure left intact, so ``torch.load`` still reads it)."""
+    import zipfile
+
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        record = max(
+            (i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size
+        )
+        start = record.header_offset + 30 + len(record.filename.encode()) + len(record.extra)
+    middle = start + record.file_size // 2
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    target.write_bytes(bytes(data))
