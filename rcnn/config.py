@@ -7,8 +7,14 @@ any field of it is reachable as ``--set model.<field>.<subfield>=value``.
 
 Overrides are type-checked against the dataclass annotations: ``--set lr=abc`` and
 ``--set batch_size=2.5`` are errors, ``--set lr_decay_epoch=8,11`` and
-``--set lr_decay_epoch=[8,11]`` both give ``[8.0, 11.0]``, and an unknown key is rejected with the
-valid keys listed.
+``--set lr_decay_epoch=[8,11]`` both give ``[8.0, 11.0]``, ``--lr 1e-3`` is a float (YAML 1.1
+reads it as a string; ``_scientific``), and an unknown key is rejected with the valid keys listed.
+
+Values are range-checked in one place: each field declares what it accepts next to it
+(``checked(default, "(0, 1]")`` or a tuple of choices; ``rcnn.models.config`` does the same), and
+``check_values`` (called by ``TrainConfig.validate``, which the config resolution calls last)
+checks the whole tree; floats must be finite everywhere. A new option inherits the check by
+declaring its range.
 """
 
 from __future__ import annotations
