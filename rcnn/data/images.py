@@ -180,8 +180,10 @@ def file_size_if_different(path: str, stated: tuple[int, int]) -> tuple[int, int
     try:
         with Image.open(path) as image:
             raw = (image.height, image.width)
+            if raw == tuple(stated):  # the common case: no EXIF parsing
+                return None
             swapped = _orientation(image) in (5, 6, 7, 8)
     except (OSError, SyntaxError, ValueError):
         return None
     oriented = (raw[1], raw[0]) if swapped else raw
-    return None if tuple(stated) in (oriented, raw) else oriented
+    return None if tuple(stated) == oriented else oriented
