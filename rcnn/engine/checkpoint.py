@@ -3,14 +3,13 @@
 A checkpoint is a ``torch.save`` dict with ``model``, ``optimizer``, ``scheduler``, ``scaler``,
 ``rng``, ``iteration``, ``epoch``, ``config`` (the resolved TrainConfig as a dict, model config
 included), ``class_names``, ``format_version``, ``metrics`` (the last validation's, or None) and
-``checksum`` (``state_checksum``: sha256 of everything else, verified by ``load_checkpoint``;
+``checksum`` (``rcnn.integrity.state_checksum``: sha256 of everything else, verified on load;
 files written before checksums existed load unverified). Every value is a tensor or a plain Python
 container, so checkpoints load with ``weights_only=True`` (no code runs when a file is read).
 """
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import random
 import zipfile
@@ -22,6 +21,7 @@ import torch
 
 from rcnn.errors import CheckpointError
 from rcnn.fileio import atomic_file
+from rcnn.integrity import state_checksum, verify_checksum
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "config", "class_names", "format_version")
@@ -41,38 +41,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     state["checksum"] = state_checksum(state)
     with atomic_file(path) as handle:
         torch.save(state, handle)
-
-
-def state_checksum(state: dict[str, Any]) -> str:
-    """``sha256:<hex>`` over every key, plain value and tensor (dtype, shape, bytes) of
-    ``state`` in a fixed order (the ``checksum`` entry itself left out).
-
-    A checkpoint stores it and ``load_checkpoint`` recomputes it, so flipped bytes anywhere in the
-    tensor data or the values are caught (torch's zip format checks no data itself).
-    """
-    digest = hashlib.sha256()
-    _hash_tree(digest, {k: v for k, v in state.items() if k != "checksum"})
-    return "sha256:" + digest.hexdigest()
-
-
-def _hash_tree(digest: Any, value: Any) -> None:
-    if isinstance(value, dict):
-        digest.update(b"{")
-        for key in sorted(value, key=repr):
-            digest.update(repr(key).encode() + b":")
-            _hash_tree(digest, value[key])
-        digest.update(b"}")
-    elif isinstance(value, (list, tuple)):
-        digest.update(b"[")
-        for item in value:
-            _hash_tree(digest, item)
-        digest.update(b"]")
-    elif torch.is_tensor(value):
-        tensor = value.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"T{tensor.dtype}{tuple(value.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().data)
-    else:
-        digest.update(repr(value).encode())
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
@@ -98,12 +66,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(
             f"checkpoint {path} is not an rcnn training checkpoint (missing {', '.join(missing)})"
         )
-    stored = state.get("checksum")
-    if stored is not None and stored != state_checksum(state):
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt: its content does not match its checksum "
-            "(flipped bytes on disk or in transfer); use another checkpoint"
-        )
+    verify_checksum(state, f"checkpoint {path}")
     if state["format_version"] > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {state['format_version']}; this rcnn reads "
