@@ -62,12 +62,13 @@ RESUMABLE_KEYS = frozenset(
 _INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
 
 
-def checked(default: Any, accepts: str | tuple[str, ...]) -> Any:
+def checked(default: Any, accepts: str | tuple[str, ...], *, nonempty: bool = False) -> Any:
     """A dataclass field whose value (each item, for a list or tuple) must lie in ``accepts``:
-    an interval such as ``"(0, 1]"`` or ``"[1, inf)"``, or a tuple of the allowed strings."""
+    an interval such as ``"(0, 1]"`` or ``"[1, inf)"``, or a tuple of the allowed strings;
+    ``nonempty``: a list or tuple that needs at least one item."""
     if isinstance(accepts, str):
         _parse_range(accepts)  # a typo in a declaration fails at import, not at a user's run
-    return field(default=default, metadata={"accepts": accepts})
+    return field(default=default, metadata={"accepts": accepts, "nonempty": nonempty})
 
 
 def _parse_range(text: str) -> tuple[bool, float, float, bool]:
@@ -105,6 +106,8 @@ def check_values(obj: Any, prefix: str = "") -> None:
             check_values(value, prefix=f"{key}.")
             continue
         accepts = spec.metadata.get("accepts")
+        if spec.metadata.get("nonempty") and not _leaves(value):
+            raise UserError(f"config: {key}={_shown(value)} needs at least one value")
         for leaf in _leaves(value):
             if isinstance(leaf, float) and not math.isfinite(leaf):
                 raise UserError(f"config: {key}={_shown(value)} must be a finite number")

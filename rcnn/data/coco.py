@@ -96,9 +96,10 @@ def _categories(data: dict, path: str, problems: list[Problem]) -> tuple[list[st
     for cat_id in ids:  # declared with their own ids, so kept apart, but never silently
         other = first.setdefault(names[cat_id].lower(), cat_id)
         if other != cat_id:
+            how = "have the same name" if names[other] == names[cat_id] else "differ only by case"
             message = (
                 f"categories {names[other]!r} (id {other}) and {names[cat_id]!r} (id {cat_id}) "
-                "differ only by case: kept as two classes, as the json declares them"
+                f"{how}: kept as two classes, as the json declares them"
             )
             problems.append(Problem(path, None, "class_name_case", message))
     return [names[i] for i in ids], ids

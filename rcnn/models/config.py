@@ -36,7 +36,7 @@ class InputConfig:
         size_divisibility: the padded batch is a multiple of this on both sides.
     """
 
-    train_short: tuple[int, ...] = checked((800,), "[1, inf)")
+    train_short: tuple[int, ...] = checked((800,), "[1, inf)", nonempty=True)
     short_mode: str = checked("choice", ("choice", "range"))
     test_short: int = checked(800, "[1, inf)")
     max_size: int = checked(1333, "[1, inf)")
@@ -105,9 +105,9 @@ class AnchorConfig:
 
     style: str = checked("torchvision", ("torchvision", "gluoncv"))
     sizes: tuple[tuple[float, ...], ...] = checked(
-        ((32,), (64,), (128,), (256,), (512,)), "(0, inf)"
+        ((32,), (64,), (128,), (256,), (512,)), "(0, inf)", nonempty=True
     )
-    aspect_ratios: tuple[float, ...] = checked((0.5, 1.0, 2.0), "(0, inf)")
+    aspect_ratios: tuple[float, ...] = checked((0.5, 1.0, 2.0), "(0, inf)", nonempty=True)
     base_size: int = checked(16, "[1, inf)")
     scales: tuple[float, ...] = checked((2, 4, 8, 16, 32), "(0, inf)")
 

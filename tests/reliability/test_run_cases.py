@@ -76,6 +76,7 @@ TRAIN_USAGE = [
     ("momentum", ["--momentum", "-1"], "config: momentum=-1.0 is out of range [0, 1)"),
     ("max_size", ["--set", "model.input.max_size=0"], "model.input.max_size=0 is out of range"),
     ("train_short", ["--set", "model.input.train_short=[0]"], "train_short=[0] is out of range"),
+    ("no_sizes", ["--set", "model.input.train_short=[]"], "train_short=[] needs at least one"),
     ("wd", ["--wd", "-1"], "config: wd=-1.0 is out of range [0, inf)"),
     ("nms", ["--set", "model.rpn.nms_thresh=5"], "model.rpn.nms_thresh=5.0 is out of range (0, 1]"),
     ("iou", ["--set", "model.roi_heads.x=1"], "unknown key 'model.roi_heads'"),
