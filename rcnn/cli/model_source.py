@@ -1,5 +1,6 @@
 """The model ``rcnn eval`` and ``rcnn predict`` run: ``--checkpoint`` of ours, or torchvision's
-weights with ``--torchvision NAME [--weights FILE]``; ``--device`` and ``--fast`` for both."""
+weights with ``--torchvision NAME [--weights FILE]``; ``--device``, ``--fast`` and ``--amp`` for
+both."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import torch
 
 from rcnn.errors import UserError
+from rcnn.ops.precision import AMP_CHOICES, resolve_amp
 
 
 def add_model_arguments(group: argparse._ActionsContainer) -> None:
@@ -30,6 +32,16 @@ def add_model_arguments(group: argparse._ActionsContainer) -> None:
         help="frozen BN folded into convs + channels-last (rcnn.models.fast): faster, "
         "detections within float rounding of the default model",
     )
+    group.add_argument(
+        "--amp",
+        nargs="?",
+        const="auto",
+        default="off",
+        choices=AMP_CHOICES,
+        help="mixed precision (alone: auto = bf16 where the CPU has it natively, AMX or "
+        "AVX512-BF16, else float32; bf16 or fp16 on a GPU); with --fast's options, which bf16 "
+        "needs to pay",
+    )
 
 
 def has_model(args: argparse.Namespace) -> bool:
@@ -38,11 +50,17 @@ def has_model(args: argparse.Namespace) -> bool:
 
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model that ``--checkpoint`` or ``--torchvision NAME [--weights FILE]`` names, on
-    ``--device``, sped up by ``rcnn.models.fast.optimize`` with ``--fast``."""
+    ``--device``, sped up by ``rcnn.models.fast.optimize`` with ``--fast`` or ``--amp``."""
     from rcnn.models.fast import optimize
 
+    amp = getattr(args, "amp", "off")
+    resolve_amp(amp, torch.device(_device(args)))  # a UserError (fp16 on a CPU...) first
     model = _load_named_model(args)
-    return optimize(model) if args.fast else model
+    return optimize(model, amp=amp) if args.fast or amp != "off" else model
+
+
+def _device(args: argparse.Namespace) -> str:
+    return check_device(args.device)
 
 
 def check_device(text: str | None) -> str:
@@ -66,7 +84,7 @@ def check_device(text: str | None) -> str:
 
 
 def _load_named_model(args: argparse.Namespace) -> torch.nn.Module:
-    device = check_device(args.device)
+    device = _device(args)
     if args.checkpoint and args.torchvision:
         raise UserError("give either --checkpoint or --torchvision, not both")
     if args.weights and not args.torchvision:
