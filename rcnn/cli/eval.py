@@ -159,6 +159,13 @@ def _model_name(args: argparse.Namespace) -> str:
     return args.checkpoint or f"torchvision {args.torchvision} ({args.weights or 'hub cache'})"
 
 
+def _same_dataset(saved: str | None, given: str) -> bool:
+    """A run's dataset (stored absolute when it is a path) against ``--dataset`` as typed."""
+    if saved is None or saved == given:
+        return saved == given
+    return os.path.exists(given) and os.path.abspath(given) == os.path.abspath(saved)
+
+
 def run_validation_data(args: argparse.Namespace) -> tuple[str | None, dict[str, Any], int]:
     """(data root, dataset options, max images) of the evaluation: the checkpoint's run's own
     validation settings when ``--dataset`` is the run's dataset and ``--split`` is val, with
@@ -167,7 +174,7 @@ def run_validation_data(args: argparse.Namespace) -> tuple[str | None, dict[str,
     if not args.checkpoint or args.split != "val" or not Path(args.checkpoint).exists():
         return plain  # (a missing checkpoint was reported by load_model already)
     run = load_checkpoint(args.checkpoint).get("config") or {}
-    if run.get("dataset") != args.dataset:
+    if not _same_dataset(run.get("dataset"), args.dataset):
         return plain
     data_root = args.data_root or run.get("data_root")
     options = dict(run.get("dataset_options") or {})
