@@ -139,23 +139,56 @@ def check_result_ids(
         )
 
 
-def segm_results(results: list[dict[str, Any]], image_sizes: dict[Any, tuple[int, int]]) -> list:
+def segm_results(
+    results: list[dict[str, Any]],
+    image_sizes: dict[Any, tuple[int, int]],
+    source: str = "results",
+) -> list:
     """The results with masks, prepared for ``COCOeval(iouType="segm")``.
 
     Boxes are dropped so that ``loadRes`` takes each detection's area from its mask (as Detectron2
     does; with a box present pycocotools would use the box area for the size ranges), and polygon
     segmentations are converted to RLE (``loadRes`` only reads RLE).
+
+    Raises:
+        UserError: a segmentation that is not a mask of its image (garbage RLE counts, another
+            size, malformed polygons), naming ``source`` and the entry.
     """
     prepared = []
-    for result in results:
+    for index, result in enumerate(results):
         segmentation = result.get("segmentation")
         if not segmentation:
             continue
         entry = {k: v for k, v in result.items() if k not in ("bbox", "segmentation")}
-        rle = mask_to_rle(segmentation, *image_sizes[result["image_id"]])
+        size = image_sizes[result["image_id"]]
+        try:
+            rle = mask_to_rle(segmentation, *size)
+            rle = mask_util.merge([rle]) if isinstance(rle, list) else rle
+        except Exception:  # pycocotools raises a bare Exception for unsupported input
+            rle = None
+        if not _valid_rle(rle, size):
+            raise UserError(
+                f"{source}: entry {index} (image {result['image_id']}): segmentation is not a mask "
+                f"of its {size[1]}x{size[0]} image (a COCO RLE of that size or polygons): "
+                f"{str(segmentation)[:80]}"
+            )
         entry["segmentation"] = rle_to_json(rle)
         prepared.append(entry)
     return prepared
+
+
+def _valid_rle(rle: Any, size: tuple[int, int]) -> bool:
+    """A compressed RLE of ``size`` whose runs fit it (garbage ``counts`` decode to runs far
+    past the image, and would make COCOeval's IoU loops run for minutes)."""
+    if not isinstance(rle, dict) or [int(v) for v in rle.get("size", [])] != list(size):
+        return False
+    try:
+        x, y, w, h = (float(v) for v in mask_util.toBbox(rle))
+        area = float(mask_util.area(rle))
+    except (TypeError, ValueError):
+        return False
+    height, width = size
+    return area <= height * width and x + w <= width and y + h <= height
 
 
 def bbox_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -223,6 +223,11 @@ RESULTS = [
     ("unknown_image", [{**GOOD, "image_id": 404}], "image id(s) not in the ground truth"),
     ("unknown_category", [{**GOOD, "category_id": 9}], "category id(s) not in the ground truth"),
     ("not_a_list", {"a": 1}, "expected a json list"),
+    ("garbage_rle", [{**GOOD, "segmentation": {"size": [HEIGHT, WIDTH], "counts": "garbage"}}],
+     "entry 0 (image 1): segmentation is not a mask of its 80x64 image"),
+    ("rle_other_size", [{**GOOD, "segmentation": {"size": [10, 10], "counts": "PP"}}],
+     "segmentation is not a mask"),
+    ("short_polygon", [{**GOOD, "segmentation": [[1, 2, 3]]}], "segmentation is not a mask"),
 ]  # fmt: skip
 
 
