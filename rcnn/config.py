@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -23,6 +24,7 @@ from typing import Any, Union
 import yaml
 
 from rcnn.errors import UserError
+from rcnn.models.config import ModelConfig
 
 # Keys that may differ between a run and its ``--resume``: they change neither the model nor the
 # optimisation trajectory (``epochs``/``max_iters`` only extend or shorten it).
@@ -95,7 +97,7 @@ class TrainConfig:
     early_stop_min_delta: float = 0.001
     vis_images: int = 4
     dataset_options: dict[str, Any] = field(default_factory=dict)
-    model: Any = None
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first field whose value cannot work."""
@@ -153,15 +155,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _model_config_class() -> type:
-    from rcnn.models.config import ModelConfig
-
-    return ModelConfig
-
-
 def _field_type(obj: Any, name: str) -> Any:
-    if isinstance(obj, TrainConfig) and name == "model":
-        return _model_config_class()
     return _hints(type(obj))[name]
 
 
@@ -219,7 +213,9 @@ def _coerce_sequence(value: Any, annotation: Any, key: str) -> Any:
     return tuple(items) if origin is tuple else items
 
 
-def _parse_yaml(text: str, key: str) -> Any:
+def _parse_yaml(text: Any, key: str) -> Any:
+    if not isinstance(text, str) or not text.strip():
+        return text
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -255,21 +251,36 @@ def from_dict(cls: type, data: dict[str, Any], *, prefix: str = "") -> Any:
     return obj
 
 
-def apply_dict(obj: Any, data: dict[str, Any], *, prefix: str = "") -> None:
-    """Set the fields of dataclass ``obj`` from ``data`` in place (nested dicts recurse)."""
+def apply_dict(obj: Any, data: dict[str, Any], *, prefix: str = "", text: bool = False) -> None:
+    """Set the fields of dataclass ``obj`` from ``data`` in place (nested dicts recurse).
+
+    Nested dataclasses and free-form dict fields (``dataset_options``) are updated key by key; a
+    value that is not a dict replaces the field. ``text=True``: string leaves are command-line
+    text (``--set``), so free-form entries are parsed as yaml (typed fields always are).
+    """
     for key, value in data.items():
         _check_key(obj, key, prefix)
         annotation = _field_type(obj, key)
         current = getattr(obj, key)
-        if isinstance(value, dict) and (
-            dataclasses.is_dataclass(current) or dataclasses.is_dataclass(annotation)
-        ):
+        if not isinstance(value, dict):
+            setattr(obj, key, coerce(value, annotation, f"{prefix}{key}"))
+        elif dataclasses.is_dataclass(current) or dataclasses.is_dataclass(annotation):
             if current is None:
                 current = annotation()
-            apply_dict(current, value, prefix=f"{prefix}{key}.")
+            apply_dict(current, value, prefix=f"{prefix}{key}.", text=text)
             setattr(obj, key, current)
+        elif isinstance(current, dict):
+            parse = text and _is_free_form(annotation)
+            where = f"{prefix}{key}."
+            current.update({k: _parse_yaml(v, where + k) if parse else v for k, v in value.items()})
         else:
-            setattr(obj, key, coerce(value, annotation, f"{prefix}{key}"))
+            raise UserError(f"config: '{prefix}{key}' has no sub-keys (set '{prefix}{key}')")
+
+
+def _is_free_form(annotation: Any) -> bool:
+    """A ``dict[str, Any]`` field: its entries are not typed, so command-line text is parsed."""
+    args = typing.get_args(annotation)
+    return not args or args[-1] is Any
 
 
 def nest_dotted(data: dict[str, Any]) -> dict[str, Any]:
@@ -296,26 +307,19 @@ def _check_key(obj: Any, key: str, prefix: str) -> None:
         )
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> None:
-    """Apply ``["a.b=value", ...]`` to ``cfg`` in place (values parsed as yaml, type-checked)."""
+def parse_override(item: str) -> dict[str, Any]:
+    """``"a.b=value"`` -> ``{"a": {"b": "value"}}`` (the value stays text; ``apply_dict`` with
+    ``text=True`` types it). The one parser of ``--set`` items."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r}: expected key=value (e.g. --set lr=0.02)")
+    return nest_dotted({key.strip(): raw})
+
+
+def apply_overrides(cfg: Any, overrides: Iterable[str]) -> None:
+    """Apply ``["a.b=value", ...]`` to ``cfg`` in place, in order (parsed, type-checked)."""
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected key=value (e.g. --set lr=0.02)")
-        *parents, leaf = key.strip().split(".")
-        obj, prefix = cfg, ""
-        for depth, name in enumerate(parents):
-            _check_key(obj, name, prefix)
-            child = getattr(obj, name)
-            if isinstance(child, dict) and depth == len(parents) - 1:
-                child[leaf] = yaml.safe_load(raw) if raw.strip() else raw  # free-form options
-                break
-            if not dataclasses.is_dataclass(child):
-                raise UserError(f"config: '{prefix}{name}' has no sub-keys (set '{key}')")
-            obj, prefix = child, f"{prefix}{name}."
-        else:
-            _check_key(obj, leaf, prefix)
-            setattr(obj, leaf, coerce(raw, _field_type(obj, leaf), key.strip()))
+        apply_dict(cfg, parse_override(item), text=True)
 
 
 def to_dict(obj: Any) -> Any:
