@@ -19,6 +19,7 @@ from typing import Any
 from rcnn.config import (
     RESUMABLE_KEYS,
     TrainConfig,
+    absolute_paths,
     apply_dict,
     config_diff,
     config_from_dict,
@@ -70,11 +71,13 @@ def resolve_config(
     recipe_options = dict(cfg.dataset_options)
     for layer, text in layers:
         apply_dict(cfg, layer, text=text)
+    saved = checkpoint["config"] if checkpoint is not None else None
+    absolute_paths(cfg, saved)  # a run started with relative paths resumes from any folder
     _drop_foreign_options(cfg, recipe_options)
     if checkpoint is None and "lr" not in given and "lr" not in file_data:
         _scale_lr(cfg, recipe_batch, recipe_lr)
     if checkpoint is not None:
-        _check_resume_config(checkpoint["config"], cfg, resume)
+        _check_resume_config(saved, cfg, resume)
         if resume is not None:
             cfg.resume = str(resume)
             if "output" not in given:  # the folder resumed, not where the run was first written

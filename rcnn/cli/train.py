@@ -23,6 +23,7 @@ from rcnn.engine import distributed as du
 from rcnn.engine import runner
 from rcnn.engine.checkpoint import load_checkpoint
 from rcnn.errors import UserError
+from rcnn.fileio import output_folder
 from rcnn.resolve import resolve_config
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     gpus = du.parse_gpus(cfg.gpus)
     if cfg.dataset not in ("coco", "voc", "shapes") and not os.path.exists(cfg.dataset):
         raise UserError(f"--dataset {cfg.dataset}: no such file or folder")
+    if cfg.output and os.path.exists(cfg.output) and not os.path.isdir(cfg.output):
+        raise UserError(f"--output {cfg.output}: is an existing file, not a folder")
     spawn = len(gpus) > 1 and not du.launched_by_torchrun()
     ctx = None if spawn else du.init_from_env(gpus)
     is_main = ctx is None or ctx.is_main
@@ -177,7 +180,6 @@ def _prepare(cfg: TrainConfig, state: dict | None, is_main: bool):
     run_dir = default_run_dir(cfg)
     if is_main:
         _check_run_dir(run_dir, cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
         logger.info(
             "run folder %s; %d train / %d val images, classes %s",
@@ -190,6 +192,7 @@ def _prepare(cfg: TrainConfig, state: dict | None, is_main: bool):
 
 
 def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
+    output_folder(run_dir)  # an existing file, or a folder that cannot be written
     if not cfg.resume and (run_dir / "last.pth").exists():
         raise UserError(
             f"--output {run_dir} already holds a run (last.pth); continue it with --resume "

@@ -2,16 +2,17 @@
 
 A checkpoint is a ``torch.save`` dict with ``model``, ``optimizer``, ``scheduler``, ``scaler``,
 ``rng``, ``iteration``, ``epoch``, ``config`` (the resolved TrainConfig as a dict, model config
-included), ``class_names`` and ``format_version``. Every value is a tensor or a plain Python
+included), ``class_names``, ``format_version``, ``metrics`` (the last validation's, or None) and
+``checksum`` (``state_checksum``: sha256 of everything else, verified by ``load_checkpoint``;
+files written before checksums existed load unverified). Every value is a tensor or a plain Python
 container, so checkpoints load with ``weights_only=True`` (no code runs when a file is read).
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 
 from rcnn.config import from_dict
 from rcnn.errors import CheckpointError, UserError
+from rcnn.fileio import atomic_file
 from rcnn.models.build import build_model
 from rcnn.models.config import ModelConfig
 
@@ -29,40 +31,51 @@ REQUIRED_KEYS = ("model", "config", "class_names", "format_version")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+    """Write ``state`` to ``path`` atomically, with a checksum of its content.
 
-    A crash or SIGKILL at any moment leaves either the previous file or the new one, never a
-    half-written file (the temporary file is removed on error; a killed process may leave a
-    ``.tmp`` file behind, which is never read).
+    ``rcnn.fileio.atomic_file``: a temporary file in the same folder, fsync, rename. A crash or
+    SIGKILL at any moment leaves either the previous file or the new one, never a half-written
+    file (a killed process may leave a ``.tmp`` file behind, which is never read). A full disk, a
+    read-only folder or a denied permission is an ``OutputError`` naming the folder, with the
+    previous checkpoint intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {**state, "format_version": FORMAT_VERSION}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    state = {k: v for k, v in state.items() if k != "checksum"}
+    state["format_version"] = FORMAT_VERSION
+    state["checksum"] = state_checksum(state)
+    with atomic_file(path) as handle:
+        torch.save(state, handle)
 
 
-def _fsync_dir(folder: Path) -> None:
-    # The rename is durable only once the directory entry is flushed (POSIX; not on Windows).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def state_checksum(state: dict[str, Any]) -> str:
+    """``sha256:<hex>`` over every key, plain value and tensor (dtype, shape, bytes) of
+    ``state`` in a fixed order (the ``checksum`` entry itself left out).
+
+    A checkpoint stores it and ``load_checkpoint`` recomputes it, so flipped bytes anywhere in the
+    tensor data or the values are caught (torch's zip format checks no data itself).
+    """
+    digest = hashlib.sha256()
+    _hash_tree(digest, {k: v for k, v in state.items() if k != "checksum"})
+    return "sha256:" + digest.hexdigest()
+
+
+def _hash_tree(digest: Any, value: Any) -> None:
+    if isinstance(value, dict):
+        digest.update(b"{")
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode() + b":")
+            _hash_tree(digest, value[key])
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[")
+        for item in value:
+            _hash_tree(digest, item)
+        digest.update(b"]")
+    elif torch.is_tensor(value):
+        tensor = value.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"T{tensor.dtype}{tuple(value.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().data)
+    else:
+        digest.update(repr(value).encode())
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
@@ -87,6 +100,12 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if missing:
         raise CheckpointError(
             f"checkpoint {path} is not an rcnn training checkpoint (missing {', '.join(missing)})"
+        )
+    stored = state.get("checksum")
+    if stored is not None and stored != state_checksum(state):
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its content does not match its checksum "
+            "(flipped bytes on disk or in transfer); use another checkpoint"
         )
     if state["format_version"] > FORMAT_VERSION:
         raise CheckpointError(
@@ -178,3 +197,17 @@ def restore_rng(rng: dict[str, Any]) -> None:
     if "cuda" in rng and torch.cuda.is_available():
         states = rng["cuda"][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all(states)
+
+
+def plain(tree: Any) -> Any:
+    """``tree`` (e.g. an evaluator's metrics) with NumPy values and tensors as Python numbers and
+    lists, so that a checkpoint holding it loads with ``weights_only=True``."""
+    if isinstance(tree, dict):
+        return {str(k): plain(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [plain(v) for v in tree]
+    if isinstance(tree, (np.ndarray, np.generic)) or torch.is_tensor(tree):
+        return plain(tree.tolist())
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    return str(tree)

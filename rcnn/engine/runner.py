@@ -26,6 +26,7 @@ from rcnn.engine.distributed import DistContext
 from rcnn.engine.train import TrainResult, train
 from rcnn.engine.validate import Validator, evaluate_detections
 from rcnn.errors import UserError
+from rcnn.fileio import write_text
 from rcnn.models.build import build_model
 from rcnn.models.fast import optimize
 from rcnn.visualize import draw_instances
@@ -156,8 +157,10 @@ def run_process(
 def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, datasets: Datasets) -> dict:
     """Write ``final_metrics.json`` and ``predictions.png``; return a summary for the CLI."""
     metrics = _json_safe({k: v for k, v in (result.metrics or {}).items() if k in FINAL_KEYS})
-    (run_dir / "final_metrics.json").write_text(
-        json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+    # the metrics come from the last checkpoint when a finished run is resumed (rcnn.engine.train
+    # saves them with it), so a kill between last.pth and this file loses nothing
+    write_text(
+        run_dir / "final_metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n"
     )
     picture = run_dir / "predictions.png"
     try:
@@ -176,7 +179,7 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, datasets: Datas
         "val_loss": (result.metrics or {}).get("loss", {}).get("loss"),
         "picture": str(picture) if picture else None,
     }
-    (run_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    write_text(run_dir / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
     return summary
 
 

@@ -6,6 +6,7 @@ objects, with ``"segmentation"`` (a compressed RLE) for instance masks. Extra ke
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,17 @@ def _check_entry(entry: Any, index: int, path: str) -> None:
     bbox = entry["bbox"]
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
         raise UserError(f"{path}: entry {index}: bbox must be [x, y, w, h], got {bbox!r:.80}")
-    if not _is_number(entry["score"]):
-        raise UserError(f"{path}: entry {index}: score must be a number, got {entry['score']!r}")
+    if not all(math.isfinite(v) for v in bbox):
+        raise UserError(f"{path}: entry {index}: bbox {bbox} holds NaN or infinity")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise UserError(
+            f"{path}: entry {index}: bbox {bbox} has a negative width or height "
+            "(COCO results boxes are [x, y, width, height])"
+        )
+    if not _is_number(entry["score"]) or not math.isfinite(entry["score"]):
+        raise UserError(
+            f"{path}: entry {index}: score must be a finite number, got {entry['score']!r}"
+        )
 
 
 def _is_number(value: Any) -> bool:
@@ -86,8 +96,9 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     """Read and validate a COCO results json.
 
     Raises:
-        UserError: missing file, invalid json, or entries without image_id / category_id /
-            bbox / score.
+        UserError: missing file, invalid json, entries without image_id / category_id /
+            bbox / score, a NaN or infinite score or box, a negative box width or height (the
+            first bad entry named: a file that is wrong somewhere is not scored at all).
     """
     path = str(path)
     results = load_json_file(path, "results file")
