@@ -19,18 +19,20 @@ from typing import Any
 import torch
 
 from rcnn.config import TrainConfig
+from rcnn.data import TrainTransform, ValTransform, build_dataset
+from rcnn.data.build import DATASET_OPTIONS
+from rcnn.engine.checkpoint import load_model
 from rcnn.engine.distributed import DistContext
 from rcnn.engine.train import TrainResult, train
 from rcnn.engine.validate import Validator, evaluate_detections
 from rcnn.errors import UserError
 from rcnn.fileio import write_text
+from rcnn.models.build import build_model
+from rcnn.models.fast import optimize
+from rcnn.visualize import draw_instances
 
 logger = logging.getLogger(__name__)
 FINAL_KEYS = ("bbox", "segm", "voc07", "voc12")
-DATASET_OPTIONS = {
-    "shapes": ("seed", "num_train", "num_val", "image_size", "min_object_area"),
-    "other": ("min_object_area", "classes", "allow_outside_root"),
-}
 
 
 @dataclass
@@ -44,7 +46,6 @@ class Datasets:
 
 def build_datasets(cfg: TrainConfig) -> Datasets:
     """Read (or, for shapes, generate) the datasets; ``UserError`` for an empty one."""
-    from rcnn.data import TrainTransform, ValTransform, build_dataset
 
     size = cfg.model.input
     transform = TrainTransform(size.train_short, size.max_size, short_mode=size.short_mode)
@@ -112,9 +113,6 @@ def set_classes(cfg: TrainConfig, datasets: Datasets, resume_state: dict | None)
 
 def build_train_model(cfg: TrainConfig) -> torch.nn.Module:
     """``cfg.model``'s network, with the speed options when ``cfg.fast``."""
-    from rcnn.models.build import build_model
-    from rcnn.models.fast import optimize
-
     model = build_model(cfg.model)
     return optimize(model) if cfg.fast else model
 
@@ -200,9 +198,6 @@ def _json_safe(tree: Any) -> Any:
 def draw_predictions(checkpoint: Path, dataset: Any, path: Path, *, count: int = 4) -> None:
     """The final model's detections on the first ``count`` val images, tiled into one picture."""
     from PIL import Image
-
-    from rcnn.engine.checkpoint import load_model
-    from rcnn.visualize import draw_instances
 
     model = load_model(checkpoint)
     pictures = []
