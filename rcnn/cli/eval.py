@@ -44,6 +44,7 @@ from rcnn.evaluation.report import (
 )
 from rcnn.evaluation.results import check_result_ids, detections_to_results, load_results
 from rcnn.evaluation.voc import VOCEvaluator, detections_to_arrays
+from rcnn.fileio import output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="evaluate only the first N images (0: all; default: all, "
         "or the run's val_max_images for its own validation data)",
+    )
+    model.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="follow image paths that leave the dataset folder (../x.jpg, /abs/x.jpg)",
     )
     files = parser.add_argument_group("results mode")
     files.add_argument("--results", help="detections in the COCO results format (json list)")
@@ -153,6 +159,13 @@ def _model_name(args: argparse.Namespace) -> str:
     return args.checkpoint or f"torchvision {args.torchvision} ({args.weights or 'hub cache'})"
 
 
+def _same_dataset(saved: str | None, given: str) -> bool:
+    """A run's dataset (stored absolute when it is a path) against ``--dataset`` as typed."""
+    if saved is None or saved == given:
+        return saved == given
+    return os.path.exists(given) and os.path.abspath(given) == os.path.abspath(saved)
+
+
 def run_validation_data(args: argparse.Namespace) -> tuple[str | None, dict[str, Any], int]:
     """(data root, dataset options, max images) of the evaluation: the checkpoint's run's own
     validation settings when ``--dataset`` is the run's dataset and ``--split`` is val, with
@@ -161,7 +174,7 @@ def run_validation_data(args: argparse.Namespace) -> tuple[str | None, dict[str,
     if not args.checkpoint or args.split != "val" or not Path(args.checkpoint).exists():
         return plain  # (a missing checkpoint was reported by load_model already)
     run = load_checkpoint(args.checkpoint).get("config") or {}
-    if run.get("dataset") != args.dataset:
+    if not _same_dataset(run.get("dataset"), args.dataset):
         return plain
     data_root = args.data_root or run.get("data_root")
     options = dict(run.get("dataset_options") or {})
@@ -182,6 +195,7 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
     distributed = _init_distributed()
     model = load_model(args)
     data_root, options, max_images = run_validation_data(args)
+    options["allow_outside_root"] = args.allow_outside_root or options.get("allow_outside_root")
     dataset = build_dataset(args.dataset, args.split, data_root=data_root, **options)
     model = on_dataset_labels(model, dataset.class_names, source=_model_name(args))
     subset = first_images(dataset, max_images)
@@ -192,6 +206,8 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
     )  # fmt: skip
     if distributed and torch.distributed.get_rank() != 0:
         return None
+    if not predictions:
+        raise UserError(f"--dataset {args.dataset}: none of the {len(subset)} images could be read")
     if getattr(model, "dropped", 0):
         logger.info("%d detections of classes not in the dataset dropped", model.dropped)
     metrics = evaluator.evaluate()
@@ -201,15 +217,29 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
             for image_id, dets in predictions
             for r in detections_to_results(image_id, dets, dataset.label_to_category_id)
         ]
-        Path(args.output).mkdir(parents=True, exist_ok=True)
         write_json(Path(args.output) / "results.json", results)
     detections = {image_id: detections_to_arrays(dets) for image_id, dets in predictions}
     records = [r for r in dataset.records if r.image_id in detections]
     return metrics, records, detections, list(dataset.class_names)
 
 
+def _check_values(args: argparse.Namespace) -> None:
+    """Out-of-range numbers and an unusable ``--output``: one-line errors before any work."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise UserError(f"--num-workers must be >= 0, got {args.num_workers}")
+    if args.max_images is not None and args.max_images < 0:
+        raise UserError(f"--max-images must be >= 0 (0: all), got {args.max_images}")
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise UserError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    if args.output:
+        output_folder(args.output)
+
+
 def run(args: argparse.Namespace) -> int:
     _check_mode(args)
+    _check_values(args)
     if args.results:
         outcome = _eval_coco_file(args) if args.coco else _eval_voc_file(args)
     else:

@@ -60,7 +60,27 @@ def load_model(args: argparse.Namespace) -> torch.nn.Module:
 
 
 def _device(args: argparse.Namespace) -> str:
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(args.device)
+
+
+def check_device(text: str | None) -> str:
+    """``--device`` checked: a device name torch knows, and a GPU that exists (default: cuda
+    when available, else cpu). ``UserError`` before any model is built."""
+    if not text:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UserError(f"--device {text}: not a device (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {text}: CUDA is not available on this machine; use cpu")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {text}: there are only {count} CUDA device(s)")
+    elif device.type != "cpu":
+        raise UserError(f"--device {text}: only cpu and cuda devices are supported")
+    return text
 
 
 def _load_named_model(args: argparse.Namespace) -> torch.nn.Module:
