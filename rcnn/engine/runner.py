@@ -22,7 +22,8 @@ from rcnn.config import TrainConfig
 from rcnn.data import TrainTransform, ValTransform, build_dataset
 from rcnn.data.build import DATASET_OPTIONS
 from rcnn.engine.checkpoint import load_model
-from rcnn.engine.distributed import DistContext
+from rcnn.engine.distributed import DistContext, parse_gpus
+from rcnn.engine.precision import resolve_amp
 from rcnn.engine.train import TrainResult, train
 from rcnn.engine.validate import Validator, evaluate_detections
 from rcnn.errors import UserError
@@ -112,9 +113,11 @@ def set_classes(cfg: TrainConfig, datasets: Datasets, resume_state: dict | None)
 
 
 def build_train_model(cfg: TrainConfig) -> torch.nn.Module:
-    """``cfg.model``'s network, with the speed options when ``cfg.fast``."""
+    """``cfg.model``'s network, with the speed options when ``cfg.fast`` or when it trains under
+    bf16 autocast on the CPU (bf16 convolutions pay there only in channels-last: issue 10)."""
     model = build_model(cfg.model)
-    return optimize(model) if cfg.fast else model
+    cpu_bf16 = not parse_gpus(cfg.gpus) and resolve_amp(cfg.amp, torch.device("cpu")) is not None
+    return optimize(model) if cfg.fast or cpu_bf16 else model
 
 
 def run_process(
