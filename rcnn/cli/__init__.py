@@ -21,6 +21,7 @@ COMMANDS = {
     "predict": "Run a model on images, folders or globs; write overlays and COCO results.",
     "check": "Validate a COCO or VOC dataset and report every problem.",
     "export": "Write a model as an ONNX file (dynamic batch and size, checked by onnxruntime).",
+    "serve": "Serve a model over HTTP with a web page to try it (FastAPI + uvicorn).",
 }
 
 

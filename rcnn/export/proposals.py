@@ -38,11 +38,18 @@ def resized_size(height: Tensor, width: Tensor, cfg: InputConfig) -> tuple[Tenso
     """The test resize's output size: ``floor(side * min(short / min, max_size / max))``.
 
     In float64, as ``F.interpolate(scale_factor=..., recompute_scale_factor=True)`` computes it in
-    ``rcnn.models.rcnn.test_resize`` (Python floats), so the sizes agree to the pixel.
+    ``rcnn.models.rcnn.test_resize`` (Python floats), so the sizes agree to the pixel. The
+    values are 1-element tensors, not 0-d: the exporter's scalar type analysis turns 0-d float64
+    arithmetic into float32, which gives 119 for ``floor(600 * 0.2)``.
+
+    Args:
+        height, width: int64 0-d tensors. Returns: the resized (h, w), int64 0-d tensors.
     """
-    h, w = height.to(torch.float64), width.to(torch.float64)
-    scale = torch.minimum(cfg.test_short / torch.minimum(h, w), cfg.max_size / torch.maximum(h, w))
-    return torch.floor(h * scale).to(torch.int64), torch.floor(w * scale).to(torch.int64)
+    h, w = height.reshape(1).to(torch.float64), width.reshape(1).to(torch.float64)
+    short = torch.full((1,), float(cfg.test_short), dtype=torch.float64)
+    longest = torch.full((1,), float(cfg.max_size), dtype=torch.float64)
+    scale = torch.minimum(short / torch.minimum(h, w), longest / torch.maximum(h, w))
+    return torch.floor(h * scale).to(torch.int64)[0], torch.floor(w * scale).to(torch.int64)[0]
 
 
 def preprocess(

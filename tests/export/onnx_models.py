@@ -49,6 +49,7 @@ def tiny_model(*, mask: bool = True, arch: str = "fpn", seed: int = 0) -> torch.
         cfg.anchors.style, cfg.anchors.scales = "gluoncv", (2, 4, 8, 16, 32)
         cfg.box_head.kind, cfg.box_head.pooler_resolution = "res5", 14
         cfg.mask_head.num_conv, cfg.mask_head.pooler_resolution = 0, 14
+        cfg.rpn.post_nms_topk = (300, 50)  # res5 runs once per RoI: fewer, for speed
     # res5's pooled features are ~50x larger than the 2fc head's: smaller predictor weights
     scale = 0.02 if arch == "c4" else 1.0
     return spread_predictions(build_model(cfg), seed, scale).eval()

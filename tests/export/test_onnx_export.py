@@ -18,15 +18,16 @@ from onnx_models import BALLOON, CLASSES, FRUITS, RACCOON, photo, tiny_model
 
 from rcnn.export.graph import ExportableRCNN
 from rcnn.export.onnx import export_onnx
+from rcnn.export.proposals import resized_size, shape_of
 from rcnn.export.runtime import OnnxDetector
+from rcnn.models import rcnn as eager
 from rcnn.structures import Detections
 
 
 @pytest.fixture(scope="module")
-def mask_fpn(tmp_path_factory):
-    model = tiny_model(mask=True, arch="fpn")
-    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "mask.onnx", preset="tiny_fpn")
-    return model, path
+def mask_fpn(exported):
+    """The session's model, exported by `rcnn export --checkpoint` (conftest.py)."""
+    return exported.model, exported.onnx
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def run_both(model, path, images: list[torch.Tensor]):
     return OnnxDetector(path, threads=2)(images), ref
 
 
-@pytest.mark.parametrize("size", [(240, 320), (300, 200)])
+@pytest.mark.parametrize("size", [(300, 400), (330, 250)])
 def test_mask_fpn_matches_pytorch_batch_1_and_2(mask_fpn, size):
     """Two photos of one size: each alone (batch 1) and together (batch 2), two image sizes."""
     model, path = mask_fpn
@@ -122,3 +123,39 @@ def test_contract_of_the_file(mask_fpn):
     assert meta["preset"] == "tiny_fpn" and meta["format"] == "rcnn-onnx/1"
     out = session.run(None, {"images": np.zeros((1, 3, 64, 96), np.uint8)})
     assert out[4].shape == (1, 100, 64, 96) and out[4].dtype == np.uint8
+
+
+class _Resized(torch.nn.Module):
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, images):
+        shape = shape_of(images)
+        return torch.stack(resized_size(shape[2], shape[3], self.cfg))
+
+
+def test_resized_size_in_onnx_is_test_resizes(tmp_path):
+    """The graph's resize target equals ``test_resize``'s for 300 sizes (float64 arithmetic:
+    float32 gives 119 for 600 x 0.2)."""
+    cfg = tiny_model().cfg.input
+    path = tmp_path / "size.onnx"
+    torch.onnx.export(
+        _Resized(cfg),
+        (torch.zeros((1, 3, 100, 120), dtype=torch.uint8),),
+        str(path),
+        dynamo=False,
+        input_names=["images"],
+        dynamic_axes={"images": {2: "h", 3: "w"}},
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    sizes = [
+        (600, 800),
+        (300, 400),
+        *torch.randint(20, 1500, (298, 2), generator=generator).tolist(),
+    ]
+    for height, width in sizes:
+        image = np.zeros((1, 3, height, width), np.uint8)
+        resized = eager.test_resize(torch.zeros(3, height, width), cfg.test_short, cfg.max_size)
+        assert tuple(session.run(None, {"images": image})[0]) == tuple(resized.shape[-2:])
