@@ -104,6 +104,18 @@ def benchmark(arch: str, size: tuple[int, int], args: argparse.Namespace) -> boo
     return ok
 
 
+def processor() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=["mask"], choices=["mask", "faster"])
@@ -114,7 +126,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as the rcnn command does
     height, width = (int(v) for v in args.size.split("x"))
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    print(f"{processor()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
     ok = all(benchmark(arch, (height, width), args) for arch in args.archs)
     print(f"load {os.getloadavg()[0]:.1f}")

@@ -120,7 +120,7 @@ def test_export_and_predict_option_errors(exported, photos, tmp_path, capsys):
     both = ["predict", str(photos[0]), "--output", str(tmp_path / "o"), "--onnx"]
     assert main([*both, str(exported.onnx), "--checkpoint", str(exported.checkpoint)]) == 2
     assert "not both" in one_line_error(capsys)
-    copy = shutil.copy(exported.onnx, tmp_path / "copy.onnx")
+    copy = str(shutil.copy(exported.onnx, tmp_path / "copy.onnx"))
     assert main(["predict", str(photos[0]), "--output", str(tmp_path / "o"), "--onnx", copy]) == 0
 
 
