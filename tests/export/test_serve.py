@@ -140,6 +140,7 @@ def test_real_socket_50_concurrent_requests_and_memory(detector, body, capsys):
 )
 def test_page_in_headless_chromium(detector, tmp_path):
     """Upload a photo on the page, wait for the drawing, screenshot: detections are drawn."""
+    assert chromium_path(), "CI runs this test: .ci/run installs Debian's chromium"
     image = tmp_path / "balloon.jpg"
     image.write_bytes(jpeg(photo(BALLOON, (300, 400))))
     threshold = 0.5
