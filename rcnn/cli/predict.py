@@ -25,6 +25,7 @@ from rcnn.errors import UserError
 from rcnn.evaluation.report import write_json
 from rcnn.evaluation.results import detections_to_results
 from rcnn.export.runtime import OnnxDetector
+from rcnn.fileio import output_folder
 from rcnn.structures import Detections
 
 logger = logging.getLogger(__name__)
@@ -169,10 +170,12 @@ def _model(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
+    output_folder(args.output)  # an existing file or a read-only place: before the model loads
     paths = collect_inputs(args.inputs)
     model = _model(args)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = output_folder(args.output)
     writer = _Writer(model, output, args.threshold)
     skipped = _predict_batches(model, paths, writer, args.batch_size)
     if not writer.images:
