@@ -7,15 +7,24 @@ any field of it is reachable as ``--set model.<field>.<subfield>=value``.
 
 Overrides are type-checked against the dataclass annotations: ``--set lr=abc`` and
 ``--set batch_size=2.5`` are errors, ``--set lr_decay_epoch=8,11`` and
-``--set lr_decay_epoch=[8,11]`` both give ``[8.0, 11.0]``, and an unknown key is rejected with the
-valid keys listed.
+``--set lr_decay_epoch=[8,11]`` both give ``[8.0, 11.0]``, ``--lr 1e-3`` is a float (YAML 1.1
+reads it as a string; ``_scientific``), and an unknown key is rejected with the valid keys listed.
+
+Values are range-checked in one place: each field declares what it accepts next to it
+(``checked(default, "(0, 1]")`` or a tuple of choices; ``rcnn.models.config`` does the same), and
+``check_values`` (called by ``TrainConfig.validate``, which the config resolution calls last)
+checks the whole tree; floats must be finite everywhere. A new option inherits the check by
+declaring its range.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -23,6 +32,11 @@ from typing import Any, Union
 import yaml
 
 from rcnn.errors import UserError
+from rcnn.fileio import write_text
+from rcnn.models.config import ModelConfig
+from rcnn.values import check_values, checked
+
+__all__ = ["TrainConfig", "check_values", "checked"]  # the value checks: rcnn/values.py
 
 # Keys that may differ between a run and its ``--resume``: they change neither the model nor the
 # optimisation trajectory (``epochs``/``max_iters`` only extend or shorten it).
@@ -66,59 +80,70 @@ class TrainConfig:
     output: str | None = None
     resume: str | None = None
     gpus: str = ""
-    batch_size: int = 2
-    epochs: float = 12.0
-    max_iters: int = 0
-    lr: float = 0.01
-    lr_decay: float = 0.1
-    lr_decay_epoch: list[float] = field(default_factory=lambda: [8.0, 11.0])
-    lr_warmup: int = 500
-    lr_warmup_factor: float = 1.0 / 3.0
-    lr_schedule: str = "step"
-    wd: float = 1e-4
+    batch_size: int = checked(2, "[1, inf)")
+    epochs: float = checked(12.0, "[0, inf)")
+    max_iters: int = checked(0, "[0, inf)")
+    lr: float = checked(0.01, "(0, inf)")
+    lr_decay: float = checked(0.1, "(0, 1]")
+    lr_decay_epoch: list[float] = field(
+        default_factory=lambda: [8.0, 11.0], metadata={"accepts": "[0, inf)"}
+    )
+    lr_warmup: int = checked(500, "[0, inf)")
+    lr_warmup_factor: float = checked(1.0 / 3.0, "(0, 1]")
+    lr_schedule: str = checked("step", ("step", "cosine"))
+    wd: float = checked(1e-4, "[0, inf)")
     wd_bias_norm: bool = True
-    momentum: float = 0.9
-    clip_grad: float = 0.0
-    accumulate: int = 1
-    amp: str = "off"
+    momentum: float = checked(0.9, "[0, 1)")
+    clip_grad: float = checked(0.0, "[0, inf)")  # 0 = off
+    accumulate: int = checked(1, "[1, inf)")
+    amp: str = checked("off", ("off", "auto", "bf16", "fp16"))
     sync_bn: bool = False
     find_unused_parameters: bool = False
-    num_workers: int = 2
-    seed: int = 233
+    num_workers: int = checked(2, "[0, inf)")
+    seed: int = checked(233, "[0, inf)")
     deterministic: bool = False
     fast: bool = False
     save_interval: str = "1"
     val_interval: str = "1"
-    log_interval: int = 20
-    val_loss_batches: int = 20
-    val_max_images: int = 0
-    early_stop_patience: int = 0
-    early_stop_min_delta: float = 0.001
-    vis_images: int = 4
+    log_interval: int = checked(20, "[1, inf)")
+    val_loss_batches: int = checked(20, "[0, inf)")
+    val_max_images: int = checked(0, "[0, inf)")  # 0 = every val image
+    early_stop_patience: int = checked(0, "[0, inf)")
+    early_stop_min_delta: float = checked(0.001, "[0, inf)")
+    vis_images: int = checked(4, "[0, inf)")
     dataset_options: dict[str, Any] = field(default_factory=dict)
-    model: Any = None
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
-        """Raise ``UserError`` naming the first field whose value cannot work."""
-        checks = [
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.epochs > 0 or self.max_iters > 0, "epochs or max_iters must be > 0"),
-            (self.max_iters >= 0, "max_iters must be >= 0"),
-            (self.lr > 0, "lr must be > 0"),
-            (0 < self.lr_warmup_factor <= 1, "lr_warmup_factor must be in (0, 1]"),
-            (self.lr_schedule in ("step", "cosine"), "lr_schedule must be 'step' or 'cosine'"),
-            (self.accumulate >= 1, "accumulate must be >= 1"),
-            (self.amp in ("off", "auto", "bf16", "fp16"), "amp must be off, auto, bf16 or fp16"),
-            (self.num_workers >= 0, "num_workers must be >= 0"),
-            (self.log_interval >= 1, "log_interval must be >= 1"),
-            (self.clip_grad >= 0, "clip_grad must be >= 0 (0 = off)"),
-            (self.val_max_images >= 0, "val_max_images must be >= 0 (0 = every val image)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"config: {message}")
+        """Raise ``UserError`` naming the first value that cannot work: every field's declared
+        range or choices (``check_values``, the model config included), then the intervals and
+        what involves two fields."""
+        check_values(self)
+        if self.epochs <= 0 and self.max_iters <= 0:
+            raise UserError("config: epochs or max_iters must be > 0")
         parse_interval(self.save_interval, "save_interval")
         parse_interval(self.val_interval, "val_interval")
+
+
+BUILTIN_DATASETS = ("shapes", "coco", "voc")
+
+
+def absolute_paths(cfg: TrainConfig, saved: dict[str, Any] | None = None) -> None:
+    """Make ``dataset`` (a path, not a built-in name) and ``data_root`` absolute when they exist,
+    in ``cfg`` and in a resumed checkpoint's ``saved`` config dict, so that a run started with a
+    relative path resumes from any folder and compares equal to its checkpoint."""
+    for tree in ([saved] if saved else []) + [None]:
+        for key in ("dataset", "data_root"):
+            value = tree.get(key) if tree is not None else getattr(cfg, key)
+            if not value or (key == "dataset" and value in BUILTIN_DATASETS):
+                continue
+            path = os.path.expanduser(str(value))
+            if not os.path.exists(path):
+                continue
+            if tree is not None:
+                tree[key] = os.path.abspath(path)
+            else:
+                setattr(cfg, key, os.path.abspath(path))
 
 
 def parse_interval(text: str, name: str = "interval") -> tuple[float, str]:
@@ -154,15 +179,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _model_config_class() -> type:
-    from rcnn.models.config import ModelConfig
-
-    return ModelConfig
-
-
 def _field_type(obj: Any, name: str) -> Any:
-    if isinstance(obj, TrainConfig) and name == "model":
-        return _model_config_class()
     return _hints(type(obj))[name]
 
 
@@ -220,7 +237,9 @@ def _coerce_sequence(value: Any, annotation: Any, key: str) -> Any:
     return tuple(items) if origin is tuple else items
 
 
-def _parse_yaml(text: str, key: str) -> Any:
+def _parse_yaml(text: Any, key: str) -> Any:
+    if not isinstance(text, str) or not text.strip():
+        return text
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -236,6 +255,7 @@ def _coerce_scalar(value: Any, annotation: Any, key: str) -> Any:
     elif annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif annotation is float:
+        value = _scientific(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif annotation is str:
@@ -249,6 +269,19 @@ def _coerce_scalar(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+def _scientific(value: Any) -> Any:
+    """``"1e-3"`` as a float: YAML 1.1 (PyYAML) reads exponents without a dot as strings."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip()) if _FLOAT.match(value) else value
+        except ValueError:
+            return value
+    return value
+
+
+_FLOAT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
 def from_dict(cls: type, data: dict[str, Any], *, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a (possibly partial) nested dict, checking keys and types."""
     obj = cls()
@@ -256,21 +289,36 @@ def from_dict(cls: type, data: dict[str, Any], *, prefix: str = "") -> Any:
     return obj
 
 
-def apply_dict(obj: Any, data: dict[str, Any], *, prefix: str = "") -> None:
-    """Set the fields of dataclass ``obj`` from ``data`` in place (nested dicts recurse)."""
+def apply_dict(obj: Any, data: dict[str, Any], *, prefix: str = "", text: bool = False) -> None:
+    """Set the fields of dataclass ``obj`` from ``data`` in place (nested dicts recurse).
+
+    Nested dataclasses and free-form dict fields (``dataset_options``) are updated key by key; a
+    value that is not a dict replaces the field. ``text=True``: string leaves are command-line
+    text (``--set``), so free-form entries are parsed as yaml (typed fields always are).
+    """
     for key, value in data.items():
         _check_key(obj, key, prefix)
         annotation = _field_type(obj, key)
         current = getattr(obj, key)
-        if isinstance(value, dict) and (
-            dataclasses.is_dataclass(current) or dataclasses.is_dataclass(annotation)
-        ):
+        if not isinstance(value, dict):
+            setattr(obj, key, coerce(value, annotation, f"{prefix}{key}"))
+        elif dataclasses.is_dataclass(current) or dataclasses.is_dataclass(annotation):
             if current is None:
                 current = annotation()
-            apply_dict(current, value, prefix=f"{prefix}{key}.")
+            apply_dict(current, value, prefix=f"{prefix}{key}.", text=text)
             setattr(obj, key, current)
+        elif isinstance(current, dict):
+            parse = text and _is_free_form(annotation)
+            where = f"{prefix}{key}."
+            current.update({k: _parse_yaml(v, where + k) if parse else v for k, v in value.items()})
         else:
-            setattr(obj, key, coerce(value, annotation, f"{prefix}{key}"))
+            raise UserError(f"config: '{prefix}{key}' has no sub-keys (set '{prefix}{key}')")
+
+
+def _is_free_form(annotation: Any) -> bool:
+    """A ``dict[str, Any]`` field: its entries are not typed, so command-line text is parsed."""
+    args = typing.get_args(annotation)
+    return not args or args[-1] is Any
 
 
 def nest_dotted(data: dict[str, Any]) -> dict[str, Any]:
@@ -297,26 +345,19 @@ def _check_key(obj: Any, key: str, prefix: str) -> None:
         )
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> None:
-    """Apply ``["a.b=value", ...]`` to ``cfg`` in place (values parsed as yaml, type-checked)."""
+def parse_override(item: str) -> dict[str, Any]:
+    """``"a.b=value"`` -> ``{"a": {"b": "value"}}`` (the value stays text; ``apply_dict`` with
+    ``text=True`` types it). The one parser of ``--set`` items."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r}: expected key=value (e.g. --set lr=0.02)")
+    return nest_dotted({key.strip(): raw})
+
+
+def apply_overrides(cfg: Any, overrides: Iterable[str]) -> None:
+    """Apply ``["a.b=value", ...]`` to ``cfg`` in place, in order (parsed, type-checked)."""
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected key=value (e.g. --set lr=0.02)")
-        *parents, leaf = key.strip().split(".")
-        obj, prefix = cfg, ""
-        for depth, name in enumerate(parents):
-            _check_key(obj, name, prefix)
-            child = getattr(obj, name)
-            if isinstance(child, dict) and depth == len(parents) - 1:
-                child[leaf] = yaml.safe_load(raw) if raw.strip() else raw  # free-form options
-                break
-            if not dataclasses.is_dataclass(child):
-                raise UserError(f"config: '{prefix}{name}' has no sub-keys (set '{key}')")
-            obj, prefix = child, f"{prefix}{name}."
-        else:
-            _check_key(obj, leaf, prefix)
-            setattr(obj, leaf, coerce(raw, _field_type(obj, leaf), key.strip()))
+        apply_dict(cfg, parse_override(item), text=True)
 
 
 def to_dict(obj: Any) -> Any:
@@ -348,7 +389,7 @@ def dump_yaml(cfg: TrainConfig, path: str | Path | None = None) -> str:
     """The resolved config as yaml text (written to ``path`` when given)."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     if path is not None:
-        Path(path).write_text(text)
+        write_text(path, text)
     return text
 
 

@@ -15,11 +15,11 @@ from rcnn.errors import UserError
 from rcnn.models.build import build_model
 from rcnn.models.config import ModelConfig
 from rcnn.models.rcnn import RCNN
-from rcnn.weights import load_state_dict_checked, load_torchvision
+from rcnn.weights import load_state_dict_checked
 from rcnn.weights.detectron2 import load_detectron2
 from rcnn.weights.gluoncv import load_gluoncv
 from rcnn.weights.peer import PeerWeights
-from rcnn.zoo import get_preset, list_models
+from rcnn.zoo import get_preset, list_models, load_torchvision
 
 PEERS = ("gluoncv", "detectron2", "torchvision")
 

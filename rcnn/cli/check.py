@@ -11,7 +11,9 @@ import json
 import sys
 
 from rcnn.data.check import build_report, format_report, parse_for_check, save_pictures
+from rcnn.data.records import outside_root_allowed
 from rcnn.errors import DatasetError
+from rcnn.visualize import draw_instances
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="follow image paths that leave the dataset folder (../x.jpg, /abs/x.jpg)",
+    )
+    parser.add_argument(
         "--show", type=int, default=0, metavar="N", help="save N images with their ground truth"
     )
     parser.add_argument("--out", metavar="DIR", default="check_pictures", help="where --show saves")
@@ -30,14 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        parsed = parse_for_check(coco=args.coco, images=args.images, voc=args.voc)
+        with outside_root_allowed(args.allow_outside_root):
+            parsed = parse_for_check(coco=args.coco, images=args.images, voc=args.voc)
     except DatasetError as error:
         print(f"rcnn check: unusable: {error}", file=sys.stderr)
         return 1
     report = build_report(parsed)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     if args.show > 0:
-        written = save_pictures(parsed, args.show, args.out)
+        written = save_pictures(parsed, args.show, args.out, draw=draw_instances)
         print(f"saved {len(written)} picture(s) to {args.out}", file=sys.stderr)
     if not report["usable"]:
         print(f"rcnn check: unusable: {report['reason']}", file=sys.stderr)

@@ -20,13 +20,18 @@ from typing import Any
 
 from rcnn.data.coco import load_coco
 from rcnn.data.dataset import DetectionDataset, Transform
-from rcnn.data.records import ParsedDataset
+from rcnn.data.records import ParsedDataset, outside_root_allowed
 from rcnn.data.shapes import default_shapes_dir, make_shapes
 from rcnn.data.voc import load_voc_devkit, load_voc_folder
 from rcnn.errors import DatasetError
 
 VOC_SPLITS = {"train": [(2007, "trainval"), (2012, "trainval")], "val": [(2007, "test")]}
 SHAPES_DEFAULTS = {"seed": 0, "num_train": 500, "num_val": 50, "image_size": 128}
+# the ``**options`` build_dataset takes (TrainConfig.dataset_options), for shapes and for the others
+DATASET_OPTIONS = {
+    "shapes": ("seed", "num_train", "num_val", "image_size", "min_object_area"),
+    "other": ("min_object_area", "classes", "allow_outside_root"),
+}
 
 
 def _default_root(name: str) -> str:
@@ -113,8 +118,10 @@ def build_dataset(
         data_root: the folder of ``"coco"``/``"voc"``, or where ``"shapes"`` is generated.
         transform: applied to each ``(image, Targets)``.
         skip_empty: leave out images without a non-ignored instance; None: True for train only.
-        **options: ``min_object_area`` (pixels, COCO), ``classes`` (VOC folders), and for shapes
-            ``seed``, ``num_train``, ``num_val``, ``image_size``.
+        **options: ``min_object_area`` (pixels, COCO), ``classes`` (VOC folders),
+            ``allow_outside_root`` (follow image paths such as ``../x.jpg`` or ``/abs/x.jpg`` that
+            leave the dataset folder; refused and reported as ``outside_root`` by default), and
+            for shapes ``seed``, ``num_train``, ``num_val``, ``image_size``.
 
     Raises:
         DatasetError: unknown spec, malformed annotations, missing images (named).
@@ -122,5 +129,7 @@ def build_dataset(
     if split not in ("train", "val"):
         raise DatasetError(f"split must be 'train' or 'val', got {split!r}")
     skip = (split == "train") if skip_empty is None else bool(skip_empty)
-    parsed = parse_spec(spec, split, data_root=data_root, skip_empty=skip, options=dict(options))
+    options = dict(options)
+    with outside_root_allowed(bool(options.pop("allow_outside_root", False))):
+        parsed = parse_spec(spec, split, data_root=data_root, skip_empty=skip, options=options)
     return DetectionDataset(parsed, transform)

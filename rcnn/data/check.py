@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from rcnn.data.coco import load_coco
+from rcnn.data.dataset import DetectionDataset
 from rcnn.data.images import UnreadableImageError, load_image
 from rcnn.data.records import ParsedDataset, Problem, is_empty
 from rcnn.data.voc import load_voc_devkit, load_voc_folder
@@ -61,6 +63,7 @@ def image_problems(parsed: ParsedDataset) -> tuple[list[Problem], int]:
     problems: list[Problem] = []
     unreadable = 0
     missing = set(parsed.missing_images)
+    resized = {p.file for p in parsed.problems if p.kind == "size_mismatch"}  # reported once
     for record in parsed.records:
         path = record.image_path
         if path in missing:
@@ -77,7 +80,7 @@ def image_problems(parsed: ParsedDataset) -> tuple[list[Problem], int]:
             kind = "exif" if "EXIF" in note else "converted_to_rgb"
             problems.append(Problem(path, None, kind, note))
         actual = tuple(image.shape[1:])
-        if actual != expected:
+        if actual != expected and path not in resized:
             message = (
                 f"image is {actual[1]}x{actual[0]}, annotations say {expected[1]}x{expected[0]}"
             )
@@ -85,7 +88,16 @@ def image_problems(parsed: ParsedDataset) -> tuple[list[Problem], int]:
     return problems, unreadable
 
 
-def _reason(parsed: ParsedDataset, unreadable: int, instances: int) -> str | None:
+def _trainable(parsed: ParsedDataset, pixel_problems: list[Problem]) -> int:
+    """Images that are readable and hold an object that is not ignored (what training uses)."""
+    bad = {p.file for p in pixel_problems if p.kind == "unreadable_image"}
+    bad |= set(parsed.missing_images)
+    return sum(r.image_path not in bad and not is_empty(r) for r in parsed.records)
+
+
+def _reason(
+    parsed: ParsedDataset, unreadable: int, instances: int, trainable: int | None
+) -> str | None:
     if not parsed.records:
         return "no images in the dataset"
     if parsed.missing_images:
@@ -95,6 +107,8 @@ def _reason(parsed: ParsedDataset, unreadable: int, instances: int) -> str | Non
         return "no readable image"
     if instances == 0:
         return "no object to train on (every instance dropped or ignored)"
+    if trainable == 0:
+        return f"every image with an object is unreadable ({unreadable} unreadable image(s))"
     return None
 
 
@@ -109,12 +123,14 @@ def build_report(parsed: ParsedDataset, *, read_pixels: bool = True) -> dict[str
         for label in record.labels[~record.ignore]:
             classes[parsed.class_names[int(label)]] += 1
     instances = sum(classes.values())
-    reason = _reason(parsed, unreadable, instances)
+    trainable = _trainable(parsed, pixel_problems) if read_pixels else None
+    reason = _reason(parsed, unreadable, instances, trainable)
     return {
         "source": parsed.source,
         "format": parsed.metric,
         "images": len(parsed.records),
         "unreadable_images": unreadable,
+        "trainable_images": trainable,
         "instances": instances,
         "ignored": ignored,
         "empty_images": sum(is_empty(r) for r in parsed.records),
@@ -150,11 +166,14 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save_pictures(parsed: ParsedDataset, count: int, out_dir: str) -> list[str]:
-    """Draw the ground truth of the first ``count`` readable images into ``out_dir`` as PNGs."""
-    from rcnn.data.dataset import DetectionDataset
-    from rcnn.visualize import draw_instances
+def save_pictures(
+    parsed: ParsedDataset, count: int, out_dir: str, *, draw: Callable[..., Any]
+) -> list[str]:
+    """Draw the ground truth of the first ``count`` readable images into ``out_dir`` as PNGs.
 
+    ``draw(image, targets, class_names) -> PIL.Image`` (``rcnn.visualize.draw_instances``; the
+    data layer does not import the picture code).
+    """
     os.makedirs(out_dir, exist_ok=True)
     readable = [r for r in parsed.records if os.path.isfile(r.image_path)]
     dataset = DetectionDataset(
@@ -170,6 +189,6 @@ def save_pictures(parsed: ParsedDataset, count: int, out_dir: str) -> list[str]:
             continue
         stem = os.path.splitext(os.path.basename(dataset.records[index].image_path))[0]
         path = os.path.join(out_dir, f"{len(written):04d}_{stem}.png")
-        draw_instances(*sample, parsed.class_names).save(path)
+        draw(*sample, parsed.class_names).save(path)
         written.append(path)
     return written

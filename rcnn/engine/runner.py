@@ -19,17 +19,22 @@ from typing import Any
 import torch
 
 from rcnn.config import TrainConfig
-from rcnn.engine.distributed import DistContext
+from rcnn.data import TrainTransform, ValTransform, build_dataset
+from rcnn.data.build import DATASET_OPTIONS
+from rcnn.engine.checkpoint import load_model
+from rcnn.engine.distributed import DistContext, parse_gpus
+from rcnn.engine.precision import resolve_amp
 from rcnn.engine.train import TrainResult, train
 from rcnn.engine.validate import Validator, evaluate_detections
 from rcnn.errors import UserError
+from rcnn.fileio import write_text
+from rcnn.models.build import build_model
+from rcnn.models.fast import optimize
+from rcnn.visualize import draw_instances
+from rcnn.weights import load_state_dict_checked
 
 logger = logging.getLogger(__name__)
 FINAL_KEYS = ("bbox", "segm", "voc07", "voc12")
-DATASET_OPTIONS = {
-    "shapes": ("seed", "num_train", "num_val", "image_size", "min_object_area"),
-    "other": ("min_object_area", "classes"),
-}
 
 
 @dataclass
@@ -43,7 +48,6 @@ class Datasets:
 
 def build_datasets(cfg: TrainConfig) -> Datasets:
     """Read (or, for shapes, generate) the datasets; ``UserError`` for an empty one."""
-    from rcnn.data import TrainTransform, ValTransform, build_dataset
 
     size = cfg.model.input
     transform = TrainTransform(
@@ -116,25 +120,21 @@ def set_classes(cfg: TrainConfig, datasets: Datasets, resume_state: dict | None)
 
 def build_train_model(cfg: TrainConfig, *, initial_weights: bool = True) -> torch.nn.Module:
     """``cfg.model``'s network (from ``cfg.weights`` when set and ``initial_weights``), with the
-    speed options when ``cfg.fast``."""
-    from rcnn.models.build import build_model
-    from rcnn.models.fast import optimize
-
+    speed options when ``cfg.fast`` or when it trains under bf16 autocast on the CPU (bf16
+    convolutions pay there only in channels-last: issue 10)."""
     if cfg.weights:  # every weight comes from the file: no ImageNet initialisation to read
         cfg.model.backbone.pretrained_base = False
     model = build_model(cfg.model)
     if cfg.weights and initial_weights:
         load_initial_weights(model, cfg.weights)
-    return optimize(model) if cfg.fast else model
+    cpu_bf16 = not parse_gpus(cfg.gpus) and resolve_amp(cfg.amp, torch.device("cpu")) is not None
+    return optimize(model) if cfg.fast or cpu_bf16 else model
 
 
 def load_initial_weights(model: torch.nn.Module, path: str) -> None:
     """Start from the weights of checkpoint ``path`` (``rcnn train --weights``; e.g. a peer's
     weights after ``rcnn convert``). Class rows carry over by name (GluonCV's ``reset_class``);
     classes the checkpoint lacks start fresh. Any other mismatch is a ``CheckpointError``."""
-    from rcnn.engine.checkpoint import load_model
-    from rcnn.weights import load_state_dict_checked
-
     donor = load_model(path)
     if donor.class_names != model.class_names:
         kept = [name for name in model.class_names if name in donor.class_names]
@@ -183,8 +183,10 @@ def run_process(
 def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, datasets: Datasets) -> dict:
     """Write ``final_metrics.json`` and ``predictions.png``; return a summary for the CLI."""
     metrics = _json_safe({k: v for k, v in (result.metrics or {}).items() if k in FINAL_KEYS})
-    (run_dir / "final_metrics.json").write_text(
-        json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+    # the metrics come from the last checkpoint when a finished run is resumed (rcnn.engine.train
+    # saves them with it), so a kill between last.pth and this file loses nothing
+    write_text(
+        run_dir / "final_metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n"
     )
     picture = run_dir / "predictions.png"
     try:
@@ -203,7 +205,7 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, datasets: Datas
         "val_loss": (result.metrics or {}).get("loss", {}).get("loss"),
         "picture": str(picture) if picture else None,
     }
-    (run_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    write_text(run_dir / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
     return summary
 
 
@@ -222,9 +224,6 @@ def _json_safe(tree: Any) -> Any:
 def draw_predictions(checkpoint: Path, dataset: Any, path: Path, *, count: int = 4) -> None:
     """The final model's detections on the first ``count`` val images, tiled into one picture."""
     from PIL import Image
-
-    from rcnn.engine.checkpoint import load_model
-    from rcnn.visualize import draw_instances
 
     model = load_model(checkpoint)
     pictures = []

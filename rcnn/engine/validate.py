@@ -8,6 +8,7 @@ mode (running statistics are not updated by validation images).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,10 @@ from torch import nn
 
 from rcnn.engine import distributed as du
 from rcnn.engine.distributed import DistContext
+from rcnn.engine.inference import first_images, predict_dataset
+from rcnn.evaluation import build_evaluator, primary_metric
 
+logger = logging.getLogger(__name__)
 EvaluateFn = Callable[[nn.Module, Any, DistContext], "dict | None"]
 
 
@@ -30,22 +34,20 @@ def evaluate_detections(
 ) -> dict | None:
     """Predict the images of ``dataset`` (raw, no transform; the first ``max_images`` when > 0)
     and score them, and only them, on the main rank."""
-    from rcnn.engine.inference import first_images, predict_dataset
-    from rcnn.evaluation import build_evaluator
-
     evaluator = build_evaluator(dataset)
     evaluator.reset()
     images = first_images(dataset, max_images)
     # streamed: each batch is scored at once, so a dataset's full-size masks are never all held
-    predict_dataset(
+    predicted = predict_dataset(
         model, images, num_workers=num_workers, distributed=ctx.distributed, evaluator=evaluator
     )
+    if ctx.is_main and not predicted:
+        logger.warning("validation skipped: none of the %d val images could be read", len(images))
+        return None
     return evaluator.evaluate() if ctx.is_main else None
 
 
 def default_primary(metrics: dict) -> float:
-    from rcnn.evaluation import primary_metric
-
     return float(primary_metric(metrics))
 
 
