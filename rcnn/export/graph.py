@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from rcnn.errors import UserError
 from rcnn.export.heads import detect_boxes, mask_probabilities, paste_masks_dense
-from rcnn.export.proposals import preprocess, rpn_proposals, shape_of
+from rcnn.export.proposals import clip_to, preprocess, rpn_proposals, shape_of
 from rcnn.models.rcnn import RCNN
 
 
@@ -56,10 +56,14 @@ class ExportableRCNN(nn.Module):
         raw_boxes = boxes * torch.stack([ratio_w, ratio_h, ratio_w, ratio_h])
         outputs = (raw_boxes, scores, labels, valid.sum(1))
         if not self.has_mask:
+            if not model.cfg.box_head.clip_boxes:  # as RCNN.to_raw
+                outputs = (clip_to(raw_boxes, shape[2], shape[3]), *outputs[1:])
             return outputs
         probs = mask_probabilities(model.roi_heads, features, boxes, labels)
         masks = paste_masks_dense(probs, raw_boxes.reshape(-1, 4), shape[2], shape[3])
         masks = masks & valid.reshape(-1, 1, 1)
+        if not model.cfg.box_head.clip_boxes:  # as RCNN.to_raw: clipped after pasting
+            outputs = (clip_to(raw_boxes, shape[2], shape[3]), *outputs[1:])
         return (
             *outputs,
             masks.view(images.shape[0], -1, images.shape[2], images.shape[3]).to(torch.uint8),

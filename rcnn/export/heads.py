@@ -53,6 +53,7 @@ def pool_rois(pool: MultiLevelRoIPool, features: list[Tensor], rois: Tensor) -> 
         pool.levels[-1],
         canonical_scale=pool.canonical_scale,
         canonical_level=pool.canonical_level,
+        rule=pool.level_rule,
     )
     channels, side = features[0].shape[1], pool.output_size
     out = torch.zeros(
@@ -70,8 +71,9 @@ def box_outputs(roi_heads: nn.Module, features: list[Tensor], rois: Tensor):
     pooled = pool_rois(roi_heads.box_pool, features, rois)
     if hasattr(roi_heads, "res5"):
         return roi_heads.box_predictor(roi_heads.res5(pooled).mean(dim=(2, 3)))
-    if roi_heads.box_cfg.pool_downsample > 1:
-        pooled = F.avg_pool2d(pooled, roi_heads.box_cfg.pool_downsample)
+    step = roi_heads.box_cfg.pool_downsample
+    if step > 1:  # RoIHeads.box_features: GluonCV's AvgPool2D(3, strides=2, padding=1) for 2
+        pooled = F.avg_pool2d(pooled, 2 * step - 1, stride=step, padding=step - 1)
     return roi_heads.box_predictor(roi_heads.box_head(pooled))
 
 
@@ -114,7 +116,10 @@ def detect_boxes(roi_heads: nn.Module, features: list[Tensor], proposals, size):
     decoded = roi_heads.box_coder.decode(deltas, boxes.reshape(-1, 4))
     num_classes = deltas.shape[1] // 4
     batch = boxes.shape[0]
-    decoded = clip_to(decoded.view(batch, -1, num_classes, 4), *size).view(batch, -1, 4)
+    decoded = decoded.view(batch, -1, num_classes, 4)
+    if cfg.clip_boxes:  # GluonCV presets: NMS and masks see the boxes as decoded
+        decoded = clip_to(decoded, *size)
+    decoded = decoded.view(batch, -1, 4)
     scores = F.softmax(cls_logits, -1)[:, 1:].reshape(batch, -1)  # [B, P * C]
     labels = torch.arange(num_classes, device=boxes.device).repeat(boxes.shape[1])
     labels = labels[None].expand_as(scores)
@@ -124,7 +129,7 @@ def detect_boxes(roi_heads: nn.Module, features: list[Tensor], proposals, size):
         limit = torch.clamp(shape_of(scores)[1], max=cfg.nms_topk)
         order, _, valid = top_valid(scores, valid, limit)
         decoded, scores, labels = (gather_rows(x, order) for x in (decoded, scores, labels))
-    valid = valid & large_enough(decoded, 1e-2)
+    valid = valid & large_enough(decoded, cfg.min_size)
     image = torch.arange(batch, device=boxes.device)[:, None]
     kept = grouped_nms(decoded, scores, image * num_classes + labels, valid, cfg.nms_thresh)
     count = cfg.detections_per_img

@@ -90,8 +90,9 @@ def level_anchors(
             stride_y, stride_x = image[2] // grid[2], image[3] // grid[3]
         else:
             stride_y = stride_x = torch.tensor(generator.strides[level])
-        ys = torch.arange(feature.shape[2], dtype=torch.float32) * stride_y.float()
-        xs = torch.arange(feature.shape[3], dtype=torch.float32) * stride_x.float()
+        offset = getattr(generator, "offset", 0.0)  # Detectron2's anchor offset (else 0)
+        ys = (torch.arange(feature.shape[2], dtype=torch.float32) + offset) * stride_y.float()
+        xs = (torch.arange(feature.shape[3], dtype=torch.float32) + offset) * stride_x.float()
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
         cell = generator.cell_anchors[level].to(padded.device)
