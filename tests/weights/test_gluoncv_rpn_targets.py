@@ -17,6 +17,7 @@ import torch
 from peer_fixtures import FIXTURES
 
 from rcnn.data.rpn_targets import RPNTargetTransform
+from rcnn.models.anchors import AnchorGenerator
 from rcnn.models.rpn_targets import RPNTargetGenerator
 from rcnn.zoo import get_preset
 
@@ -39,7 +40,13 @@ def our_labels(kind: str, ref: dict, *, negatives_last: bool = True):
     cfg = get_preset(PRESETS[kind]).model
     cfg.rpn = replace(cfg.rpn, batch_size_per_image=10**7, negatives_last=negatives_last)
     size = tuple(int(v) for v in ref["image_size"])
-    transform = RPNTargetTransform(cfg)
+    strides = (16,) if cfg.arch == "c4" else (4, 8, 16, 32, 64)
+    transform = RPNTargetTransform(
+        AnchorGenerator(cfg.anchors, strides),
+        RPNTargetGenerator(cfg.rpn),
+        strides=strides,
+        size_divisibility=cfg.input.size_divisibility,
+    )
     anchors = transform.anchors(size)
     boxes = torch.from_numpy(ref["gt_boxes"])
     ignore = torch.zeros(len(boxes), dtype=torch.bool)
