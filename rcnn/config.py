@@ -74,11 +74,11 @@ class TrainConfig:
     """
 
     network: str = "mask_rcnn_shapes"
-    weights: str = ""  # initial weights: an rcnn checkpoint (e.g. written by rcnn convert)
     dataset: str = "shapes"
     data_root: str | None = None
     output: str | None = None
     resume: str | None = None
+    weights: str = ""  # initial weights: an rcnn checkpoint (e.g. written by rcnn convert)
     gpus: str = ""
     batch_size: int = checked(2, "[1, inf)")
     epochs: float = checked(12.0, "[0, inf)")
