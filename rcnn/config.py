@@ -194,17 +194,18 @@ BUILTIN_DATASETS = ("shapes", "coco", "voc")
 
 
 def absolute_paths(cfg: TrainConfig, saved: dict[str, Any] | None = None) -> None:
-    """Make ``dataset`` (a path, not a built-in name) and ``data_root`` absolute when they exist,
-    in ``cfg`` and in a resumed checkpoint's ``saved`` config dict, so that a run started with a
-    relative path resumes from any folder and compares equal to its checkpoint."""
+    """Make ``dataset`` (a path that exists, not a built-in name) and ``data_root`` (where shapes
+    may be generated yet) absolute, in ``cfg`` and in a resumed checkpoint's ``saved`` config
+    dict, so that a run started with a relative path resumes from any folder and compares equal
+    to its checkpoint."""
     for tree in ([saved] if saved else []) + [None]:
         for key in ("dataset", "data_root"):
             value = tree.get(key) if tree is not None else getattr(cfg, key)
             if not value or (key == "dataset" and value in BUILTIN_DATASETS):
                 continue
             path = os.path.expanduser(str(value))
-            if not os.path.exists(path):
-                continue
+            if key == "dataset" and not os.path.exists(path):
+                continue  # reported as missing, as the user typed it
             if tree is not None:
                 tree[key] = os.path.abspath(path)
             else:
