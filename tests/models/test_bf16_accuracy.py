@@ -55,13 +55,13 @@ def coco_ap(model: torch.nn.Module, dataset) -> tuple[float, float]:
     reason="bf16 is emulated on this processor (no AMX / AVX512-BF16): ~3 minutes for 24 images; "
     "RCNN_BF16_ACCURACY=1 runs it anyway",
 )
-def test_bf16_ap_close_to_float32(tmp_path):
+def test_bf16_ap_close_to_float32(tmp_path, torch_threads):
     # the main job's held-out images (seed 0's val split does not depend on num_train)
     dataset = build_dataset(
         "shapes", "val", data_root=str(tmp_path), seed=0, num_train=1, num_val=NUM_IMAGES,
         image_size=128,
     )  # fmt: skip
-    torch.set_num_threads(2)
+    torch_threads(2)
     model = trained_model()
     box, mask = coco_ap(model, dataset)
     assert box > 0.4 and mask > 0.4, (box, mask)  # a trained model, not noise
