@@ -13,6 +13,7 @@ import sys
 from rcnn.data.check import build_report, format_report, parse_for_check, save_pictures
 from rcnn.data.records import outside_root_allowed
 from rcnn.errors import DatasetError
+from rcnn.visualize import draw_instances
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(parsed)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     if args.show > 0:
-        written = save_pictures(parsed, args.show, args.out)
+        written = save_pictures(parsed, args.show, args.out, draw=draw_instances)
         print(f"saved {len(written)} picture(s) to {args.out}", file=sys.stderr)
     if not report["usable"]:
         print(f"rcnn check: unusable: {report['reason']}", file=sys.stderr)

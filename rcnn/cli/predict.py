@@ -21,12 +21,14 @@ from typing import Any
 import torch
 
 from rcnn.cli.model_source import add_model_arguments, has_model, load_model
+from rcnn.data import read_image
 from rcnn.errors import UserError
 from rcnn.evaluation.report import write_json
 from rcnn.evaluation.results import detections_to_results
 from rcnn.export.runtime import OnnxDetector
 from rcnn.fileio import output_folder
 from rcnn.structures import Detections
+from rcnn.visualize import draw_instances
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +83,6 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 
 
 def _read(path: Path) -> torch.Tensor | None:
-    from rcnn.data import read_image
-
     try:
         return read_image(str(path))
     except (UserError, OSError, ValueError) as error:
@@ -120,8 +120,6 @@ class _Writer:
         self.used: set[str] = set()
 
     def add(self, path: Path, image: torch.Tensor, detections: Detections) -> None:
-        from rcnn.visualize import draw_instances
-
         image_id = len(self.images)
         height, width = image.shape[-2:]
         self.images.append(

@@ -27,6 +27,11 @@ from rcnn.errors import DatasetError
 
 VOC_SPLITS = {"train": [(2007, "trainval"), (2012, "trainval")], "val": [(2007, "test")]}
 SHAPES_DEFAULTS = {"seed": 0, "num_train": 500, "num_val": 50, "image_size": 128}
+# the ``**options`` build_dataset takes (TrainConfig.dataset_options), for shapes and for the others
+DATASET_OPTIONS = {
+    "shapes": ("seed", "num_train", "num_val", "image_size", "min_object_area"),
+    "other": ("min_object_area", "classes", "allow_outside_root"),
+}
 
 
 def _default_root(name: str) -> str:

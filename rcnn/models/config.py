@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from rcnn.config import checked
+from rcnn.values import checked
 
 # torchvision's ``bbox_xform_clip`` (rcnn/_utils.py) and GluonCV's ``clip`` for FPN models (4.14).
 DEFAULT_BOX_CLIP = math.log(1000.0 / 16)
@@ -40,7 +40,7 @@ class InputConfig:
     short_mode: str = checked("choice", ("choice", "range"))
     test_short: int = checked(800, "[1, inf)")
     max_size: int = checked(1333, "[1, inf)")
-    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    pixel_mean: tuple[float, float, float] = checked((0.485, 0.456, 0.406), "(-inf, inf)")
     pixel_std: tuple[float, float, float] = checked((0.229, 0.224, 0.225), "(0, inf)")
     pixel_range: float = checked(1.0, "(0, inf)")
     bgr: bool = False
@@ -133,7 +133,8 @@ class RPNConfig:
     smooth_l1_beta: float = checked(1.0 / 9, "[0, inf)")
     box_weights: tuple[float, float, float, float] = checked((1.0, 1.0, 1.0, 1.0), "(0, inf)")
     box_clip: float = checked(DEFAULT_BOX_CLIP, "(0, inf)")
-    allowed_border: float = -1.0  # >= 0: anchors crossing the image by more are ignored (GluonCV 0)
+    # >= 0: anchors crossing the image by more are ignored (GluonCV 0); < 0: none are
+    allowed_border: float = checked(-1.0, "(-inf, inf)")
 
 
 @dataclass
@@ -195,7 +196,7 @@ class ModelConfig:
 
     arch: str = checked("fpn", ("fpn", "c4"))
     classes: tuple[str, ...] = ("object",)
-    category_ids: tuple[int, ...] = ()
+    category_ids: tuple[int, ...] = checked((), "(-inf, inf)")
     mask_on: bool = False
     input: InputConfig = field(default_factory=InputConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
