@@ -57,6 +57,9 @@ class TrainConfig:
     trains with ``rcnn.models.fast.optimize`` (frozen BN folded into its conv, channels-last):
     faster, the same checkpoints, results within float rounding of the default model.
     ``val_max_images`` > 0 validates on the first that many val images (0: all of them).
+    Augmentation (``rcnn.data.augment.TrainTransform``): ``flip_prob``, ``color_jitter``
+    (brightness/contrast/saturation strength, 0: off), ``scale_jitter`` (``[lo, hi]`` large-scale
+    jitter factors with a random crop, empty: off).
     """
 
     network: str = "mask_rcnn_shapes"
@@ -94,6 +97,9 @@ class TrainConfig:
     early_stop_patience: int = 0
     early_stop_min_delta: float = 0.001
     vis_images: int = 4
+    flip_prob: float = 0.5
+    color_jitter: float = 0.0
+    scale_jitter: list[float] = field(default_factory=list)
     dataset_options: dict[str, Any] = field(default_factory=dict)
     model: Any = None
 
@@ -112,6 +118,15 @@ class TrainConfig:
             (self.log_interval >= 1, "log_interval must be >= 1"),
             (self.clip_grad >= 0, "clip_grad must be >= 0 (0 = off)"),
             (self.val_max_images >= 0, "val_max_images must be >= 0 (0 = every val image)"),
+            (0 <= self.flip_prob <= 1, "flip_prob must be in [0, 1]"),
+            (0 <= self.color_jitter < 1, "color_jitter must be in [0, 1) (0 = off)"),
+            (
+                not self.scale_jitter
+                or (
+                    len(self.scale_jitter) == 2 and 0 < self.scale_jitter[0] <= self.scale_jitter[1]
+                ),
+                "scale_jitter must be empty (off) or two factors 0 < lo <= hi, e.g. 0.5,1.5",
+            ),
         ]
         for ok, message in checks:
             if not ok:

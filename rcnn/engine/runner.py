@@ -27,8 +27,18 @@ from rcnn.errors import UserError
 logger = logging.getLogger(__name__)
 FINAL_KEYS = ("bbox", "segm", "voc07", "voc12")
 DATASET_OPTIONS = {
-    "shapes": ("seed", "num_train", "num_val", "image_size", "min_object_area"),
-    "other": ("min_object_area", "classes"),
+    "shapes": ("seed", "num_train", "num_val", "image_size", "min_object_area", "keep_empty"),
+    "other": (
+        "min_object_area",
+        "classes",
+        "images",
+        "annotations",
+        "format",
+        "val_fraction",
+        "split_seed",
+        "class_map",
+        "keep_empty",
+    ),
 }
 
 
@@ -46,7 +56,14 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
     from rcnn.data import TrainTransform, ValTransform, build_dataset
 
     size = cfg.model.input
-    transform = TrainTransform(size.train_short, size.max_size, short_mode=size.short_mode)
+    transform = TrainTransform(
+        size.train_short,
+        size.max_size,
+        short_mode=size.short_mode,
+        flip_prob=cfg.flip_prob,
+        color_jitter=cfg.color_jitter,
+        scale_jitter=tuple(cfg.scale_jitter) or None,
+    )
     options = _dataset_options(cfg)
     train_set = build_dataset(
         cfg.dataset, "train", data_root=cfg.data_root, transform=transform, **options
@@ -56,7 +73,8 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
         if len(dataset) == 0:
             raise UserError(
                 f"dataset {cfg.dataset} ({dataset.source}): the {split} split has no images "
-                "after filtering (images without objects are skipped for training)"
+                "after filtering (images without objects are skipped for training unless "
+                "--keep-empty)"
             )
     if len(train_set) < cfg.batch_size:
         logger.warning(
