@@ -24,7 +24,13 @@ import numpy as np
 import torch
 
 from rcnn.cli.data_options import add_data_arguments, data_options
-from rcnn.cli.model_source import add_model_arguments, has_model, load_model
+from rcnn.cli.model_source import (
+    add_model_arguments,
+    add_tile_arguments,
+    has_model,
+    load_model,
+    tiled,
+)
 from rcnn.errors import UserError
 from rcnn.evaluation import build_evaluator
 from rcnn.evaluation.coco import evaluate_coco_results
@@ -49,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = __doc__.split("\n", 1)[1].strip()
     model = parser.add_argument_group("model mode")
     add_model_arguments(model)
+    add_tile_arguments(model)
     model.add_argument(
         "--dataset", help="shapes | coco | voc | a path: COCO, VOC, labelme, PNG masks, YOLO"
     )
@@ -201,7 +208,7 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
     dataset = build_dataset(
         args.dataset, args.split, data_root=args.data_root, **data_options(args)
     )
-    model = on_dataset_labels(model, dataset.class_names, source=_model_name(args))
+    model = tiled(on_dataset_labels(model, dataset.class_names, source=_model_name(args)), args)
     subset = first_images(dataset, args.max_images or 0)
     evaluator = build_evaluator(dataset)
     predictions = predict_dataset(
