@@ -35,11 +35,11 @@ class SquareFinder(torch.nn.Module):
                 ys, xs = mask.nonzero(as_tuple=True)
                 boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
             count = len(values)
+            if masks is None:
+                masks = torch.zeros(0, *image.shape[-2:], dtype=torch.bool)
             out.append(Detections(
                 torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.full((count,), 0.9),
-                torch.zeros(count, dtype=torch.int64),
-                masks if self.has_mask and masks is not None
-                else (torch.zeros(0, *image.shape[-2:], dtype=torch.bool) if self.has_mask else None),
+                torch.zeros(count, dtype=torch.int64), masks if self.has_mask else None,
             ))  # fmt: skip
         return out
 
@@ -113,8 +113,9 @@ def test_eval_with_tiles_scores_the_merged_detections(tmp_path, finder, capsys):
                          "bbox": [x, y, 30, 20], "area": 600, "iscrowd": 0})  # fmt: skip
         Image.fromarray(array).save(tmp_path / f"{index}.png")
         images.append({"id": index + 1, "file_name": f"{index}.png", "height": 300, "width": 400})
-    (tmp_path / "gt.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))  # fmt: skip
+    categories = [{"id": 1, "name": "thing"}]
+    data = {"images": images, "annotations": anns, "categories": categories}
+    (tmp_path / "gt.json").write_text(json.dumps(data))
     finder.has_mask = False
     code = main(["eval", "--checkpoint", "m", "--dataset", str(tmp_path / "gt.json"), "--split",
                  "all", "--tile", "128", "--overlap", "0.3", "--json"])  # fmt: skip
