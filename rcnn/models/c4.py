@@ -21,6 +21,7 @@ from rcnn.models.box_head import BoxPredictor
 from rcnn.models.config import BoxHeadConfig, MaskHeadConfig, ModelConfig
 from rcnn.models.edge_loss import mask_losses
 from rcnn.models.mask_head import MaskHead
+from rcnn.models.maskiou import build_maskiou_head, maskiou_loss
 from rcnn.models.resnet import ResNetBody
 from rcnn.models.roi_heads import RoIHeads, box_step, sample_rois
 from rcnn.ops.boxes import BoxCoder
@@ -95,6 +96,10 @@ class C4RoIHeads(RoIHeads):
         self.mask_head = None
         if mask_cfg is not None:
             self.mask_head = MaskHead(mask_cfg, res5_channels, num_classes)
+        res5_size = (box_cfg.pooler_resolution + 1) // 2  # res5 starts with a stride of 2
+        self.maskiou_head = build_maskiou_head(
+            mask_cfg, res5_channels, num_classes, resolution=res5_size
+        )
 
     def mask_features(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
         """res5 features [R, D5, S/2, S/2] of ``boxes`` (one [R_i, 4] per image)."""
@@ -116,7 +121,13 @@ class C4RoIHeads(RoIHeads):
             tgts = positive_mask_targets(samples, targets, 2 * top.shape[-1])
             logits = self.mask_head(top[pos])
             edge_weight = self.mask_cfg.edge_loss_weight
-            losses.update(mask_losses(logits, gt_classes[pos] - 1, tgts, edge_weight=edge_weight))
+            classes = gt_classes[pos] - 1
+            losses.update(mask_losses(logits, classes, tgts, edge_weight=edge_weight))
+            if self.maskiou_head is not None:
+                weight = self.mask_cfg.maskiou_weight
+                losses.update(
+                    maskiou_loss(self.maskiou_head, top[pos], logits, classes, tgts, weight=weight)
+                )
             intermediates["mask_targets"] = tgts
             intermediates["mask_logits"] = logits
         return losses, intermediates

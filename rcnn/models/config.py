@@ -170,6 +170,9 @@ class MaskHeadConfig:
     conv_dim: int = 256
     norm: str = ""
     edge_loss_weight: float = 0.0  # Sobel edge loss on masks (seed 003); 0 = off
+    maskiou: bool = False  # Mask Scoring R-CNN's MaskIoU head (rcnn.models.maskiou)
+    maskiou_weight: float = 1.0
+    maskiou_fc_dim: int = 1024
 
 
 @dataclass

@@ -15,6 +15,7 @@ from rcnn.models.box_head import BoxPredictor, box_losses, build_box_head
 from rcnn.models.config import BoxHeadConfig, MaskHeadConfig
 from rcnn.models.edge_loss import mask_losses
 from rcnn.models.mask_head import MaskHead
+from rcnn.models.maskiou import build_maskiou_head, maskiou_loss, rescore
 from rcnn.ops.boxes import BoxCoder, clip_boxes, nonempty, remove_small
 from rcnn.ops.masks import mask_targets
 from rcnn.ops.matching import BalancedSampler, Matcher, match_labels
@@ -143,6 +144,9 @@ class RoIHeads(nn.Module):
                 **pool_kwargs,
             )
             self.mask_head = MaskHead(mask_cfg, in_channels, num_classes)
+        self.maskiou_head = build_maskiou_head(
+            mask_cfg, in_channels, num_classes, resolution=getattr(mask_cfg, "pooler_resolution", 0)
+        )
 
     def box_forward(self, features: list[Tensor], rois: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Class logits [R, C+1] and deltas [R, 4C] of ``rois`` (one [R_i, 4] per image)."""
@@ -187,10 +191,16 @@ class RoIHeads(nn.Module):
                 )
             gt_masks = target.masks if target.masks is not None else []
             mask_tgts.append(mask_targets(gt_masks, matched[pos], rois[pos], size=size))
-        logits = self.mask_head(self.mask_features(features, pos_rois))
-        mask_tgts = torch.cat(mask_tgts)
+        pooled = self.mask_features(features, pos_rois)
+        logits = self.mask_head(pooled)
+        mask_tgts, classes = torch.cat(mask_tgts), torch.cat(classes)
         edge_weight = self.mask_cfg.edge_loss_weight
-        losses = mask_losses(logits, torch.cat(classes), mask_tgts, edge_weight=edge_weight)
+        losses = mask_losses(logits, classes, mask_tgts, edge_weight=edge_weight)
+        if self.maskiou_head is not None:
+            weight = self.mask_cfg.maskiou_weight
+            losses.update(
+                maskiou_loss(self.maskiou_head, pooled, logits, classes, mask_tgts, weight=weight)
+            )
         return losses, mask_tgts, logits
 
     @torch.no_grad()
@@ -208,11 +218,24 @@ class RoIHeads(nn.Module):
             det_boxes, scores, labels = postprocess_boxes(logits, boxes, size, self.box_cfg)
             results.append({"boxes": det_boxes, "scores": scores, "labels": labels})
         if self.mask_head is not None:
-            logits = self.mask_head(self.mask_features(features, [r["boxes"] for r in results]))
-            labels = torch.cat([r["labels"] for r in results])
-            probs = logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
-            for result, mask_probs in zip(
-                results, probs.split([len(r["boxes"]) for r in results]), strict=True
-            ):
-                result["mask_probs"] = mask_probs
+            self.mask_test(features, results)
         return results
+
+    def mask_test(self, features: list[Tensor], results: list[dict[str, Tensor]]) -> None:
+        """Adds ``mask_probs`` [N, M, M] to each image's ``results``; with the MaskIoU head, the
+        scores become class score x predicted mask IoU (``rcnn.models.maskiou``)."""
+        pooled = self.mask_features(features, [r["boxes"] for r in results])
+        logits = self.mask_head(pooled)
+        labels = torch.cat([r["labels"] for r in results])
+        probs = logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
+        counts = [len(r["boxes"]) for r in results]
+        if self.maskiou_head is not None:
+            scores = torch.cat([r["scores"] for r in results])
+            scores = rescore(self.maskiou_head, pooled, probs, labels, scores)
+            for result, rescored in zip(results, scores.split(counts), strict=True):
+                result["scores"] = rescored
+        for result, mask_probs in zip(results, probs.split(counts), strict=True):
+            result["mask_probs"] = mask_probs
+            if self.maskiou_head is not None:  # sorted by the new scores (Detections' order)
+                order = result["scores"].argsort(descending=True)
+                result.update({key: value[order] for key, value in result.items()})
