@@ -110,7 +110,9 @@ def _image_path(data: dict, json_path: str, images: dict[str, str] | None) -> st
     return candidate or os.path.splitext(json_path)[0] + ".jpg"
 
 
-def _size(data: dict, image_path: str, json_path: str, problems: list[Problem]):
+def _size(data: dict, paths: tuple[str, str], problems: list[Problem]) -> tuple[int, int]:
+    """``(H, W)`` from the json, else from the image header; ``paths = (image, json)``."""
+    image_path, json_path = paths
     size = (data.get("imageHeight"), data.get("imageWidth"))
     if all(isinstance(v, int) and v > 0 for v in size):
         return int(size[0]), int(size[1])
@@ -127,7 +129,7 @@ def _read_one(json_path: str, images: dict[str, str] | None, problems: list[Prob
         problems.append(Problem(json_path, None, "bad_annotation", "not a JSON object: skipped"))
         return None
     image_path = _image_path(data, json_path, images)
-    size = _size(data, image_path, json_path, problems)
+    size = _size(data, (image_path, json_path), problems)
     return {"json": json_path, "image": image_path, "size": size, "groups": _group_shapes(
         data, json_path, problems)}  # fmt: skip
 

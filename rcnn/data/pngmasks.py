@@ -80,7 +80,7 @@ def _read_mask(path: str, problems: list[Problem]) -> np.ndarray | None:
     return array
 
 
-def _class_of(class_map: dict, image_stem: str, value: int, default: str) -> str:
+def _class_of(class_map: dict, image_stem: str, value: int, *, default: str) -> str:
     per_image = (class_map.get("instances") or {}).get(image_stem) or {}
     values = class_map.get("values") or {}
     for table in (per_image, values):
@@ -90,12 +90,12 @@ def _class_of(class_map: dict, image_stem: str, value: int, default: str) -> str
     return default
 
 
-def _instances(array: np.ndarray, item: dict, ctx: dict, problems: list[Problem]) -> list[Instance]:
-    instances = []
+def _instances(array: np.ndarray, item: dict, ctx: dict) -> list[Instance]:
+    instances, problems = [], ctx["problems"]
     size = array.shape[:2]
     for value in instance_values(array):
         where = (item["mask"], value)
-        name = _class_of(ctx["class_map"], item["stem"], value, ctx["default"])
+        name = _class_of(ctx["class_map"], item["stem"], value, default=ctx["default"])
         if name not in ctx["class_to_label"]:
             problems.append(Problem(*where, "unknown_category", f"class {name!r}: dropped"))
             continue
@@ -138,8 +138,8 @@ def load_png_masks(
     table = load_class_map(class_map)
     names, default = _class_names(table, classes)
     ctx = {"class_map": table, "default": default,
-           "class_to_label": {name: k for k, name in enumerate(names)}}  # fmt: skip
-    problems: list[Problem] = []
+           "class_to_label": {name: k for k, name in enumerate(names)}, "problems": []}  # fmt: skip
+    problems: list[Problem] = ctx["problems"]
     images = images_by_stem(image_dir)
     parsed = ParsedDataset(mask_dir, [], names, list(range(1, len(names) + 1)), "coco", True)
     parsed.problems = problems
@@ -151,7 +151,7 @@ def load_png_masks(
             continue
         item = {"mask": path, "stem": image_stem}
         record = make_record(
-            image_path, image_id, array.shape[:2], _instances(array, item, ctx, problems),
+            image_path, image_id, array.shape[:2], _instances(array, item, ctx),
             has_masks=True, file_name=os.path.basename(image_path),
         )  # fmt: skip
         add_record(parsed, record, skip_empty)

@@ -168,8 +168,11 @@ def parse_label_file(path: str, problems: list[Problem]) -> list[tuple[int, np.n
     return rows
 
 
-def _instance(row: tuple, size: tuple[int, int], ctx: dict, problems: list[Problem]):
+def _instance(row: tuple, size: tuple[int, int], ctx: dict):
+    """One label line as an ``Instance`` (None when dropped); ``ctx``: ``label_file``,
+    ``num_classes``, ``problems``."""
     class_id, values, number = row
+    problems = ctx["problems"]
     where = (ctx["label_file"], number)
     if not 0 <= class_id < ctx["num_classes"]:
         problems.append(Problem(*where, "unknown_category", f"class id {class_id}: dropped"))
@@ -209,8 +212,8 @@ def load_yolo(
     for image_id, (path, rows, size) in enumerate(
         zip(images, rows_per_image, sizes, strict=True), start=1
     ):
-        ctx = {"label_file": label_path(path), "num_classes": len(names)}
-        found = [_instance(row, size, ctx, problems) for row in rows]
+        ctx = {"label_file": label_path(path), "num_classes": len(names), "problems": problems}
+        found = [_instance(row, size, ctx) for row in rows]
         instances = [i for i in found if i is not None]
         if not has_masks:
             for instance in instances:

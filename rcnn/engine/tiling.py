@@ -161,7 +161,7 @@ class TiledPredictor(nn.Module):
         pieces = self._run_windows(image, windows)
         keep = batched_nms(pieces.boxes, pieces.scores, pieces.labels, self.nms_thresh)
         keep = keep[~_contained_elsewhere(pieces, keep)][: self.max_detections]
-        masks = self._paste(pieces, keep, windows, (height, width))
+        masks = self._paste(pieces, keep, windows=windows, size=(height, width))
         return Detections(pieces.boxes[keep], pieces.scores[keep], pieces.labels[keep], masks)
 
     def _run_windows(self, image: Tensor, windows: list[tuple[int, ...]]) -> _Pieces:
@@ -184,7 +184,12 @@ class TiledPredictor(nn.Module):
         return _Pieces(*merged, masks=masks)
 
     def _paste(
-        self, pieces: _Pieces, keep: Tensor, windows: list[tuple[int, ...]], size: tuple[int, int]
+        self,
+        pieces: _Pieces,
+        keep: Tensor,
+        *,
+        windows: list[tuple[int, ...]],
+        size: tuple[int, int],
     ) -> Tensor | None:
         """Full-resolution bool ``[K, H, W]`` masks of the kept detections (None: no masks)."""
         if not self.has_mask or any(m is None for m in pieces.masks):

@@ -126,7 +126,14 @@ class C4RoIHeads(RoIHeads):
             if self.maskiou_head is not None:
                 weight = self.mask_cfg.maskiou_weight
                 losses.update(
-                    maskiou_loss(self.maskiou_head, top[pos], logits, classes, tgts, weight=weight)
+                    maskiou_loss(
+                        self.maskiou_head,
+                        top[pos],
+                        logits,
+                        classes=classes,
+                        mask_targets=tgts,
+                        weight=weight,
+                    )
                 )
             intermediates["mask_targets"] = tgts
             intermediates["mask_logits"] = logits

@@ -102,9 +102,9 @@ def maskiou_loss(
     head: MaskIoUHead,
     features: Tensor,
     mask_logits: Tensor,
+    *,
     classes: Tensor,
     mask_targets: Tensor,
-    *,
     weight: float = 1.0,
 ) -> dict[str, Tensor]:
     """``{"loss_maskiou": weight * mean squared error}`` over the positive RoIs."""

@@ -199,7 +199,14 @@ class RoIHeads(nn.Module):
         if self.maskiou_head is not None:
             weight = self.mask_cfg.maskiou_weight
             losses.update(
-                maskiou_loss(self.maskiou_head, pooled, logits, classes, mask_tgts, weight=weight)
+                maskiou_loss(
+                    self.maskiou_head,
+                    pooled,
+                    logits,
+                    classes=classes,
+                    mask_targets=mask_tgts,
+                    weight=weight,
+                )
             )
         return losses, mask_tgts, logits
 
@@ -231,7 +238,7 @@ class RoIHeads(nn.Module):
         counts = [len(r["boxes"]) for r in results]
         if self.maskiou_head is not None:
             scores = torch.cat([r["scores"] for r in results])
-            scores = rescore(self.maskiou_head, pooled, probs, labels, scores)
+            scores = rescore(self.maskiou_head, pooled, probs, labels=labels, scores=scores)
             for result, rescored in zip(results, scores.split(counts), strict=True):
                 result["scores"] = rescored
         for result, mask_probs in zip(results, probs.split(counts), strict=True):
