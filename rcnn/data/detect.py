@@ -116,7 +116,9 @@ def _yolo_layout(root: str) -> Layout | None:
         if not splits:
             raise DatasetError(f"{yaml_path}: no 'train' / 'val' image folders in it")
         return Layout("yolo", root, splits, None, names)
-    if not glob.glob(os.path.join(root, "**", "labels", "**", "*.txt"), recursive=True):
+    label_dirs = [d for d in candidate_dirs(root) if os.path.basename(d) == "labels"]
+    if not any(glob.glob(os.path.join(d, "*.txt")) or glob.glob(os.path.join(d, "*", "*.txt"))
+               for d in label_dirs):  # fmt: skip
         return None
     splits = folder_splits(root)
     if not splits:
