@@ -7,13 +7,22 @@ any field of it is reachable as ``--set model.<field>.<subfield>=value``.
 
 Overrides are type-checked against the dataclass annotations: ``--set lr=abc`` and
 ``--set batch_size=2.5`` are errors, ``--set lr_decay_epoch=8,11`` and
-``--set lr_decay_epoch=[8,11]`` both give ``[8.0, 11.0]``, and an unknown key is rejected with the
-valid keys listed.
+``--set lr_decay_epoch=[8,11]`` both give ``[8.0, 11.0]``, ``--lr 1e-3`` is a float (YAML 1.1
+reads it as a string; ``_scientific``), and an unknown key is rejected with the valid keys listed.
+
+Values are range-checked in one place: each field declares what it accepts next to it
+(``checked(default, "(0, 1]")`` or a tuple of choices; ``rcnn.models.config`` does the same), and
+``check_values`` (called by ``TrainConfig.validate``, which the config resolution calls last)
+checks the whole tree; floats must be finite everywhere. A new option inherits the check by
+declaring its range.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +32,7 @@ from typing import Any, Union
 import yaml
 
 from rcnn.errors import UserError
+from rcnn.fileio import write_text
 
 # Keys that may differ between a run and its ``--resume``: they change neither the model nor the
 # optimisation trajectory (``epochs``/``max_iters`` only extend or shorten it).
@@ -42,6 +52,76 @@ RESUMABLE_KEYS = frozenset(
         "gpus",
     }
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# value checks: every number and every closed set of strings declares what it accepts next to its
+# field (``checked``), and one function (``check_values``) enforces it for the whole tree, so a
+# new option inherits the check by declaring its range.
+
+_INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
+
+
+def checked(default: Any, accepts: str | tuple[str, ...], *, nonempty: bool = False) -> Any:
+    """A dataclass field whose value (each item, for a list or tuple) must lie in ``accepts``:
+    an interval such as ``"(0, 1]"`` or ``"[1, inf)"``, or a tuple of the allowed strings;
+    ``nonempty``: a list or tuple that needs at least one item."""
+    if isinstance(accepts, str):
+        _parse_range(accepts)  # a typo in a declaration fails at import, not at a user's run
+    return field(default=default, metadata={"accepts": accepts, "nonempty": nonempty})
+
+
+def _parse_range(text: str) -> tuple[bool, float, float, bool]:
+    match = _INTERVAL.match(text)
+    if match is None:
+        raise ValueError(f"not an interval: {text!r} (e.g. '(0, 1]', '[1, inf)')")
+    left, low, high, right = match.groups()
+    return left == "[", float(low), float(high), right == "]"
+
+
+def _in_range(value: float, accepts: str) -> bool:
+    closed_low, low, high, closed_high = _parse_range(accepts)
+    above = value >= low if closed_low else value > low
+    below = value <= high if closed_high else value < high
+    return above and below
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+def check_values(obj: Any, prefix: str = "") -> None:
+    """Check every field of dataclass ``obj`` (and of the dataclasses inside it) against its
+    declared range or choices; floats must be finite everywhere.
+
+    Raises:
+        UserError: ``config: <dotted key>=<value> is out of range <interval>`` (or not one of the
+            choices, or not finite), naming the first bad value.
+    """
+    for spec in dataclasses.fields(obj):
+        value, key = getattr(obj, spec.name), f"{prefix}{spec.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_values(value, prefix=f"{key}.")
+            continue
+        accepts = spec.metadata.get("accepts")
+        if spec.metadata.get("nonempty") and not _leaves(value):
+            raise UserError(f"config: {key}={_shown(value)} needs at least one value")
+        for leaf in _leaves(value):
+            if isinstance(leaf, float) and not math.isfinite(leaf):
+                raise UserError(f"config: {key}={_shown(value)} must be a finite number")
+            if accepts is None:
+                continue
+            if isinstance(accepts, tuple) and leaf not in accepts:
+                choices = ", ".join(repr(c) for c in accepts)
+                raise UserError(f"config: {key}={_shown(value)} must be one of {choices}")
+            if isinstance(accepts, str) and not _in_range(leaf, accepts):
+                raise UserError(f"config: {key}={_shown(value)} is out of range {accepts}")
+
+
+def _shown(value: Any) -> str:
+    return str(list(value)) if isinstance(value, tuple) else str(value)
 
 
 @dataclass
@@ -68,71 +148,80 @@ class TrainConfig:
     output: str | None = None
     resume: str | None = None
     gpus: str = ""
-    batch_size: int = 2
-    epochs: float = 12.0
-    max_iters: int = 0
-    lr: float = 0.01
-    lr_decay: float = 0.1
-    lr_decay_epoch: list[float] = field(default_factory=lambda: [8.0, 11.0])
-    lr_warmup: int = 500
-    lr_warmup_factor: float = 1.0 / 3.0
-    lr_schedule: str = "step"
-    wd: float = 1e-4
+    batch_size: int = checked(2, "[1, inf)")
+    epochs: float = checked(12.0, "[0, inf)")
+    max_iters: int = checked(0, "[0, inf)")
+    lr: float = checked(0.01, "(0, inf)")
+    lr_decay: float = checked(0.1, "(0, 1]")
+    lr_decay_epoch: list[float] = field(
+        default_factory=lambda: [8.0, 11.0], metadata={"accepts": "[0, inf)"}
+    )
+    lr_warmup: int = checked(500, "[0, inf)")
+    lr_warmup_factor: float = checked(1.0 / 3.0, "(0, 1]")
+    lr_schedule: str = checked("step", ("step", "cosine"))
+    wd: float = checked(1e-4, "[0, inf)")
     wd_bias_norm: bool = True
-    momentum: float = 0.9
-    clip_grad: float = 0.0
-    accumulate: int = 1
-    amp: str = "off"
+    momentum: float = checked(0.9, "[0, 1)")
+    clip_grad: float = checked(0.0, "[0, inf)")  # 0 = off
+    accumulate: int = checked(1, "[1, inf)")
+    amp: str = checked("off", ("off", "auto", "bf16", "fp16"))
     sync_bn: bool = False
     find_unused_parameters: bool = False
-    num_workers: int = 2
-    seed: int = 233
+    num_workers: int = checked(2, "[0, inf)")
+    seed: int = checked(233, "[0, inf)")
     deterministic: bool = False
     fast: bool = False
     save_interval: str = "1"
     val_interval: str = "1"
-    log_interval: int = 20
-    val_loss_batches: int = 20
-    val_max_images: int = 0
-    early_stop_patience: int = 0
-    early_stop_min_delta: float = 0.001
-    vis_images: int = 4
-    flip_prob: float = 0.5
-    color_jitter: float = 0.0
-    scale_jitter: list[float] = field(default_factory=list)
+    log_interval: int = checked(20, "[1, inf)")
+    val_loss_batches: int = checked(20, "[0, inf)")
+    val_max_images: int = checked(0, "[0, inf)")  # 0 = every val image
+    early_stop_patience: int = checked(0, "[0, inf)")
+    early_stop_min_delta: float = checked(0.001, "[0, inf)")
+    vis_images: int = checked(4, "[0, inf)")
+    flip_prob: float = checked(0.5, "[0, 1]")
+    color_jitter: float = checked(0.0, "[0, 1)")  # 0 = off
+    # [lo, hi] large-scale jitter factors; empty = off (two values checked in ``validate``)
+    scale_jitter: list[float] = field(default_factory=list, metadata={"accepts": "(0, inf)"})
     dataset_options: dict[str, Any] = field(default_factory=dict)
     model: Any = None
 
     def validate(self) -> None:
-        """Raise ``UserError`` naming the first field whose value cannot work."""
-        checks = [
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.epochs > 0 or self.max_iters > 0, "epochs or max_iters must be > 0"),
-            (self.max_iters >= 0, "max_iters must be >= 0"),
-            (self.lr > 0, "lr must be > 0"),
-            (0 < self.lr_warmup_factor <= 1, "lr_warmup_factor must be in (0, 1]"),
-            (self.lr_schedule in ("step", "cosine"), "lr_schedule must be 'step' or 'cosine'"),
-            (self.accumulate >= 1, "accumulate must be >= 1"),
-            (self.amp in ("off", "auto", "bf16", "fp16"), "amp must be off, auto, bf16 or fp16"),
-            (self.num_workers >= 0, "num_workers must be >= 0"),
-            (self.log_interval >= 1, "log_interval must be >= 1"),
-            (self.clip_grad >= 0, "clip_grad must be >= 0 (0 = off)"),
-            (self.val_max_images >= 0, "val_max_images must be >= 0 (0 = every val image)"),
-            (0 <= self.flip_prob <= 1, "flip_prob must be in [0, 1]"),
-            (0 <= self.color_jitter < 1, "color_jitter must be in [0, 1) (0 = off)"),
-            (
-                not self.scale_jitter
-                or (
-                    len(self.scale_jitter) == 2 and 0 < self.scale_jitter[0] <= self.scale_jitter[1]
-                ),
-                "scale_jitter must be empty (off) or two factors 0 < lo <= hi, e.g. 0.5,1.5",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"config: {message}")
+        """Raise ``UserError`` naming the first value that cannot work: every field's declared
+        range or choices (``check_values``, the model config included), then the intervals and
+        what involves two fields."""
+        check_values(self)
+        if self.epochs <= 0 and self.max_iters <= 0:
+            raise UserError("config: epochs or max_iters must be > 0")
+        jitter = self.scale_jitter
+        if jitter and (len(jitter) != 2 or jitter[0] > jitter[1]):
+            raise UserError(
+                f"config: scale_jitter={list(jitter)} must be empty (off) or two factors "
+                "0 < lo <= hi, e.g. 0.5,1.5"
+            )
         parse_interval(self.save_interval, "save_interval")
         parse_interval(self.val_interval, "val_interval")
+
+
+BUILTIN_DATASETS = ("shapes", "coco", "voc")
+
+
+def absolute_paths(cfg: TrainConfig, saved: dict[str, Any] | None = None) -> None:
+    """Make ``dataset`` (a path, not a built-in name) and ``data_root`` absolute when they exist,
+    in ``cfg`` and in a resumed checkpoint's ``saved`` config dict, so that a run started with a
+    relative path resumes from any folder and compares equal to its checkpoint."""
+    for tree in ([saved] if saved else []) + [None]:
+        for key in ("dataset", "data_root"):
+            value = tree.get(key) if tree is not None else getattr(cfg, key)
+            if not value or (key == "dataset" and value in BUILTIN_DATASETS):
+                continue
+            path = os.path.expanduser(str(value))
+            if not os.path.exists(path):
+                continue
+            if tree is not None:
+                tree[key] = os.path.abspath(path)
+            else:
+                setattr(cfg, key, os.path.abspath(path))
 
 
 def parse_interval(text: str, name: str = "interval") -> tuple[float, str]:
@@ -250,6 +339,7 @@ def _coerce_scalar(value: Any, annotation: Any, key: str) -> Any:
     elif annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif annotation is float:
+        value = _scientific(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif annotation is str:
@@ -261,6 +351,19 @@ def _coerce_scalar(value: Any, annotation: Any, key: str) -> Any:
         name = getattr(annotation, "__name__", str(annotation))
         raise UserError(f"config: {key} expects {name}, got {value!r}")
     return value
+
+
+def _scientific(value: Any) -> Any:
+    """``"1e-3"`` as a float: YAML 1.1 (PyYAML) reads exponents without a dot as strings."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip()) if _FLOAT.match(value) else value
+        except ValueError:
+            return value
+    return value
+
+
+_FLOAT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 
 def from_dict(cls: type, data: dict[str, Any], *, prefix: str = "") -> Any:
@@ -362,7 +465,7 @@ def dump_yaml(cfg: TrainConfig, path: str | Path | None = None) -> str:
     """The resolved config as yaml text (written to ``path`` when given)."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     if path is not None:
-        Path(path).write_text(text)
+        write_text(path, text)
     return text
 
 

@@ -14,3 +14,11 @@ class DatasetError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint or state dict that does not fit the model (missing/unexpected keys, shapes)."""
+
+
+class OutputError(UserError):
+    """An output that cannot be written: a full disk, a read-only folder, a denied permission.
+
+    The message names the file and its folder; the file is left as it was (writes are atomic).
+    The CLI exits with code 1 for these (the input was fine), 2 for the other ``UserError``s.
+    """

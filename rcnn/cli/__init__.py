@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module of this package with two functions:
 ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code). Errors a user can fix are raised
-as ``rcnn.errors.UserError`` and printed as one line, without a traceback.
+as ``rcnn.errors.UserError`` and printed as one line, without a traceback: exit code 2 for bad
+input (usage, data, checkpoints), 1 for an output that cannot be written (``OutputError``, or an
+``OSError`` such as a full disk or a denied permission on a named file).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import logging
 import sys
 
 from rcnn.engine.runtime import keep_freed_memory
-from rcnn.errors import UserError
+from rcnn.errors import OutputError, UserError
+from rcnn.fileio import REASONS, output_error
 
 COMMANDS = {
     "train": "Train Faster R-CNN / Mask R-CNN (no arguments: the shapes demo).",
@@ -44,9 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # CPU speed: reuse freed activations (rcnn.engine.runtime)
     try:
         return int(module.run(args) or 0)
+    except OutputError as error:  # the input was fine; the output folder could not take it
+        print(f"rcnn {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except UserError as error:
         print(f"rcnn {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.errno not in REASONS or not error.filename:
+            raise
+        print(f"rcnn {args.command}: error: {output_error(error, error.filename)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"rcnn {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ import sys
 
 from rcnn.cli.data_options import add_data_arguments, data_options
 from rcnn.data.check import build_report, format_report, parse_for_check, save_pictures
+from rcnn.data.records import outside_root_allowed
 from rcnn.errors import DatasetError
 
 
@@ -28,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, images=False)
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="follow image paths that leave the dataset folder (../x.jpg, /abs/x.jpg)",
+    )
+    parser.add_argument(
         "--show", type=int, default=0, metavar="N", help="save N images with their ground truth"
     )
     parser.add_argument("--out", metavar="DIR", default="check_pictures", help="where --show saves")
@@ -36,10 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         options = data_options(args)
-        parsed = parse_for_check(
-            coco=args.coco, images=options.pop("images", None), voc=args.voc,
-            dataset=args.dataset, options=options,
-        )  # fmt: skip
+        with outside_root_allowed(args.allow_outside_root):
+            parsed = parse_for_check(
+                coco=args.coco, images=options.pop("images", None), voc=args.voc,
+                dataset=args.dataset, options=options,
+            )  # fmt: skip
     except DatasetError as error:
         print(f"rcnn check: unusable: {error}", file=sys.stderr)
         return 1

@@ -2,6 +2,10 @@
 
 Model mode:   rcnn eval --checkpoint CKPT --dataset SPEC [--data-root DIR] [--split val]
               rcnn eval --torchvision NAME [--weights FILE] --dataset SPEC ...
+              A checkpoint evaluated on its run's dataset (--dataset as the run's, --split val)
+              sees the run's validation data: its data root, dataset options (shapes: seed,
+              sizes, counts) and val_max_images, unless --data-root / --max-images say otherwise;
+              so RUN/last.pth re-scores to the AP of RUN/final_metrics.json.
 Results mode: rcnn eval --results DETS.json --coco ANN.json   (or --voc ROOT)
 
 Prints the metrics, per-class AP and precision/recall/F1 at ``--score-thresh`` (``--json``: only
@@ -31,6 +35,7 @@ from rcnn.cli.model_source import (
     load_model,
     tiled,
 )
+from rcnn.engine.checkpoint import load_checkpoint
 from rcnn.errors import UserError
 from rcnn.evaluation import build_evaluator
 from rcnn.evaluation.coco import evaluate_coco_results
@@ -46,6 +51,7 @@ from rcnn.evaluation.report import (
 )
 from rcnn.evaluation.results import check_result_ids, detections_to_results, load_results
 from rcnn.evaluation.voc import VOCEvaluator, detections_to_arrays
+from rcnn.fileio import output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +73,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     model.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
     parser.add_argument(
-        "--max-images", type=int, help="evaluate only the first N images (both modes)"
+        "--max-images",
+        type=int,
+        help="evaluate only the first N images, in both modes (0: all; default: all, "
+        "or the run's val_max_images for its own validation data)",
+    )
+    model.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="follow image paths that leave the dataset folder (../x.jpg, /abs/x.jpg)",
     )
     add_data_arguments(parser.add_argument_group("data (model mode and --voc)"))
     files = parser.add_argument_group("results mode")
@@ -82,8 +96,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_mode(args: argparse.Namespace) -> None:
-    if args.max_images is not None and args.max_images < 1:
-        raise UserError(f"--max-images must be at least 1, got {args.max_images}")
     if args.results:
         if bool(args.coco) == bool(args.voc):
             raise UserError("--results needs exactly one of --coco ANN.json or --voc ROOT")
@@ -198,6 +210,34 @@ def _model_name(args: argparse.Namespace) -> str:
     return args.checkpoint or f"torchvision {args.torchvision} ({args.weights or 'hub cache'})"
 
 
+def _same_dataset(saved: str | None, given: str) -> bool:
+    """A run's dataset (stored absolute when it is a path) against ``--dataset`` as typed."""
+    if saved is None or saved == given:
+        return saved == given
+    return os.path.exists(given) and os.path.abspath(given) == os.path.abspath(saved)
+
+
+def run_validation_data(args: argparse.Namespace) -> tuple[str | None, dict[str, Any], int]:
+    """(data root, dataset options, max images) of the evaluation: the checkpoint's run's own
+    validation settings when ``--dataset`` is the run's dataset and ``--split`` is val, with
+    ``--data-root`` and ``--max-images`` winning where given; else the flags alone."""
+    plain = (args.data_root, {}, args.max_images or 0)
+    if not args.checkpoint or args.split != "val" or not Path(args.checkpoint).exists():
+        return plain  # (a missing checkpoint was reported by load_model already)
+    run = load_checkpoint(args.checkpoint).get("config") or {}
+    if not _same_dataset(run.get("dataset"), args.dataset):
+        return plain
+    data_root = args.data_root or run.get("data_root")
+    options = dict(run.get("dataset_options") or {})
+    given = args.max_images is not None
+    max_images = args.max_images if given else int(run.get("val_max_images") or 0)
+    logger.info(
+        "the run's validation data: %s (data root %s, options %s, first %s images)",
+        args.dataset, data_root or "default", options or "none", max_images or "all",
+    )  # fmt: skip
+    return data_root, options, max_images
+
+
 def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] | None:
     from rcnn.data import build_dataset
     from rcnn.engine.inference import first_images, predict_dataset
@@ -205,11 +245,12 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
 
     distributed = _init_distributed()
     model = load_model(args)
-    dataset = build_dataset(
-        args.dataset, args.split, data_root=args.data_root, **data_options(args)
-    )
+    data_root, options, max_images = run_validation_data(args)
+    options.update(data_options(args))  # the flags win over the run's own settings
+    options["allow_outside_root"] = args.allow_outside_root or options.get("allow_outside_root")
+    dataset = build_dataset(args.dataset, args.split, data_root=data_root, **options)
     model = tiled(on_dataset_labels(model, dataset.class_names, source=_model_name(args)), args)
-    subset = first_images(dataset, args.max_images or 0)
+    subset = first_images(dataset, max_images)
     evaluator = build_evaluator(dataset)
     predictions = predict_dataset(
         model, subset, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -217,6 +258,8 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
     )  # fmt: skip
     if distributed and torch.distributed.get_rank() != 0:
         return None
+    if not predictions:
+        raise UserError(f"--dataset {args.dataset}: none of the {len(subset)} images could be read")
     if getattr(model, "dropped", 0):
         logger.info("%d detections of classes not in the dataset dropped", model.dropped)
     metrics = evaluator.evaluate()
@@ -226,15 +269,29 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
             for image_id, dets in predictions
             for r in detections_to_results(image_id, dets, dataset.label_to_category_id)
         ]
-        Path(args.output).mkdir(parents=True, exist_ok=True)
         write_json(Path(args.output) / "results.json", results)
     detections = {image_id: detections_to_arrays(dets) for image_id, dets in predictions}
     records = [r for r in dataset.records if r.image_id in detections]
     return metrics, records, detections, list(dataset.class_names)
 
 
+def _check_values(args: argparse.Namespace) -> None:
+    """Out-of-range numbers and an unusable ``--output``: one-line errors before any work."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise UserError(f"--num-workers must be >= 0, got {args.num_workers}")
+    if args.max_images is not None and args.max_images < 0:
+        raise UserError(f"--max-images must be >= 0 (0: all), got {args.max_images}")
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise UserError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    if args.output:
+        output_folder(args.output)
+
+
 def run(args: argparse.Namespace) -> int:
     _check_mode(args)
+    _check_values(args)
     if args.results:
         outcome = _eval_coco_file(args) if args.coco else _eval_voc_file(args)
     else:

@@ -1,5 +1,6 @@
 """The model ``rcnn eval`` and ``rcnn predict`` run: ``--checkpoint`` of ours, or torchvision's
-weights with ``--torchvision NAME [--weights FILE]``; ``--device`` and ``--fast`` for both."""
+weights with ``--torchvision NAME [--weights FILE]``; ``--device``, ``--fast`` and ``--amp`` for
+both."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from rcnn.engine.tiling import TiledPredictor
 from rcnn.errors import UserError
+from rcnn.ops.precision import AMP_CHOICES, resolve_amp
 
 
 def add_model_arguments(group: argparse._ActionsContainer) -> None:
@@ -31,6 +33,16 @@ def add_model_arguments(group: argparse._ActionsContainer) -> None:
         help="frozen BN folded into convs + channels-last (rcnn.models.fast): faster, "
         "detections within float rounding of the default model",
     )
+    group.add_argument(
+        "--amp",
+        nargs="?",
+        const="auto",
+        default="off",
+        choices=AMP_CHOICES,
+        help="mixed precision (alone: auto = bf16 where the CPU has it natively, AMX or "
+        "AVX512-BF16, else float32; bf16 or fp16 on a GPU); with --fast's options, which bf16 "
+        "needs to pay",
+    )
 
 
 def has_model(args: argparse.Namespace) -> bool:
@@ -39,15 +51,41 @@ def has_model(args: argparse.Namespace) -> bool:
 
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model that ``--checkpoint`` or ``--torchvision NAME [--weights FILE]`` names, on
-    ``--device``, sped up by ``rcnn.models.fast.optimize`` with ``--fast``."""
+    ``--device``, sped up by ``rcnn.models.fast.optimize`` with ``--fast`` or ``--amp``."""
     from rcnn.models.fast import optimize
 
+    amp = getattr(args, "amp", "off")
+    resolve_amp(amp, torch.device(_device(args)))  # a UserError (fp16 on a CPU...) first
     model = _load_named_model(args)
-    return optimize(model) if args.fast else model
+    return optimize(model, amp=amp) if args.fast or amp != "off" else model
+
+
+def _device(args: argparse.Namespace) -> str:
+    return check_device(args.device)
+
+
+def check_device(text: str | None) -> str:
+    """``--device`` checked: a device name torch knows, and a GPU that exists (default: cuda
+    when available, else cpu). ``UserError`` before any model is built."""
+    if not text:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UserError(f"--device {text}: not a device (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {text}: CUDA is not available on this machine; use cpu")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {text}: there are only {count} CUDA device(s)")
+    elif device.type != "cpu":
+        raise UserError(f"--device {text}: only cpu and cuda devices are supported")
+    return text
 
 
 def _load_named_model(args: argparse.Namespace) -> torch.nn.Module:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args)
     if args.checkpoint and args.torchvision:
         raise UserError("give either --checkpoint or --torchvision, not both")
     if args.weights and not args.torchvision:

@@ -26,6 +26,7 @@ from rcnn.cli.model_source import add_model_arguments, add_tile_arguments, load_
 from rcnn.errors import UserError
 from rcnn.evaluation.report import write_json
 from rcnn.evaluation.results import detections_to_results
+from rcnn.fileio import output_folder
 from rcnn.structures import Detections
 
 logger = logging.getLogger(__name__)
@@ -156,14 +157,16 @@ def _predict_batches(model: Any, paths: list[Path], writer: _Writer, batch_size:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
+    output_folder(args.output)  # an existing file or a read-only place: before the model loads
     paths = collect_inputs(args.inputs)
     model = load_model(args)
     model.eval()
     if args.splash and not getattr(model, "has_mask", False):
         raise UserError("--splash needs a model that predicts masks (a mask_rcnn network)")
     model = tiled(model, args)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = output_folder(args.output)
     writer = _Writer(model, output, args.threshold, splash=args.splash)
     skipped = _predict_batches(model, paths, writer, args.batch_size)
     if not writer.images:

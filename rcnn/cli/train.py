@@ -19,6 +19,7 @@ from rcnn.cli.data_options import DATA_FLAGS, KEEP_EMPTY_HELP
 from rcnn.config import (
     RESUMABLE_KEYS,
     TrainConfig,
+    absolute_paths,
     apply_dict,
     apply_overrides,
     config_diff,
@@ -28,6 +29,7 @@ from rcnn.config import (
     to_dict,
 )
 from rcnn.errors import UserError
+from rcnn.fileio import output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +158,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
     recipe_batch, recipe_lr = cfg.batch_size, cfg.lr
     recipe_options = dict(cfg.dataset_options)
     apply_overrides(cfg, explicit + list(args.overrides))
+    absolute_paths(cfg, state["config"] if state else None)  # resumable from any folder
     _drop_foreign_options(cfg, recipe_options)
     given = {item.partition("=")[0].strip() for item in explicit + list(args.overrides)}
     if state is None and "lr" not in given and "lr" not in file_data:
@@ -251,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
     _check_sync_bn(cfg, gpus, du.launched_by_torchrun())
     if cfg.dataset not in ("coco", "voc", "shapes") and not os.path.exists(cfg.dataset):
         raise UserError(f"--dataset {cfg.dataset}: no such file or folder")
+    if cfg.output and os.path.exists(cfg.output) and not os.path.isdir(cfg.output):
+        raise UserError(f"--output {cfg.output}: is an existing file, not a folder")
     spawn = len(gpus) > 1 and not du.launched_by_torchrun()
     ctx = None if spawn else du.init_from_env(gpus)
     is_main = ctx is None or ctx.is_main
@@ -294,7 +299,6 @@ def _prepare(cfg: TrainConfig, state: dict | None, is_main: bool):
     run_dir = default_run_dir(cfg)
     if is_main:
         _check_run_dir(run_dir, cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
         logger.info(
             "run folder %s; %d train / %d val images, classes %s",
@@ -307,6 +311,7 @@ def _prepare(cfg: TrainConfig, state: dict | None, is_main: bool):
 
 
 def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
+    output_folder(run_dir)  # an existing file, or a folder that cannot be written
     if not cfg.resume and (run_dir / "last.pth").exists():
         raise UserError(
             f"--output {run_dir} already holds a run (last.pth); continue it with --resume "

@@ -20,7 +20,7 @@ from typing import Any
 from rcnn.data.coco import load_coco
 from rcnn.data.dataset import DetectionDataset, Transform
 from rcnn.data.detect import VOC_SPLITS, detect_layout, read_layout
-from rcnn.data.records import ParsedDataset
+from rcnn.data.records import ParsedDataset, outside_root_allowed
 from rcnn.data.shapes import default_shapes_dir, make_shapes
 from rcnn.data.voc import load_voc_devkit
 from rcnn.errors import DatasetError
@@ -94,7 +94,9 @@ def build_dataset(
         **options: ``keep_empty``; ``images`` (image folder), ``annotations`` (annotation file or
             folder), ``format`` (skip detection), ``val_fraction`` and ``split_seed`` (the
             hold-out of a single annotation set), ``min_object_area`` (pixels, COCO),
-            ``classes`` (folders), ``class_map`` (PNG masks), and for shapes ``seed``,
+            ``classes`` (folders), ``class_map`` (PNG masks), ``allow_outside_root`` (follow
+            image paths such as ``../x.jpg`` or ``/abs/x.jpg`` that leave the dataset folder;
+            refused and reported as ``outside_root`` by default), and for shapes ``seed``,
             ``num_train``, ``num_val``, ``image_size``.
 
     Raises:
@@ -106,5 +108,6 @@ def build_dataset(
     keep_empty = bool(options.pop("keep_empty", False))
     skip = (split == "train" and not keep_empty) if skip_empty is None else bool(skip_empty)
     which = None if split == "all" else split
-    parsed = parse_spec(spec, which, data_root=data_root, skip_empty=skip, options=options)
+    with outside_root_allowed(bool(options.pop("allow_outside_root", False))):
+        parsed = parse_spec(spec, which, data_root=data_root, skip_empty=skip, options=options)
     return DetectionDataset(parsed, transform)

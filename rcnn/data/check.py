@@ -62,6 +62,7 @@ def image_problems(parsed: ParsedDataset) -> tuple[list[Problem], int]:
     problems: list[Problem] = []
     unreadable = 0
     missing = set(parsed.missing_images)
+    resized = {p.file for p in parsed.problems if p.kind == "size_mismatch"}  # reported once
     for record in parsed.records:
         path = record.image_path
         if path in missing:
@@ -78,7 +79,7 @@ def image_problems(parsed: ParsedDataset) -> tuple[list[Problem], int]:
             kind = "exif" if "EXIF" in note else "converted_to_rgb"
             problems.append(Problem(path, None, kind, note))
         actual = tuple(image.shape[1:])
-        if actual != expected:
+        if actual != expected and path not in resized:
             message = (
                 f"image is {actual[1]}x{actual[0]}, annotations say {expected[1]}x{expected[0]}"
             )
@@ -86,7 +87,16 @@ def image_problems(parsed: ParsedDataset) -> tuple[list[Problem], int]:
     return problems, unreadable
 
 
-def _reason(parsed: ParsedDataset, unreadable: int, instances: int) -> str | None:
+def _trainable(parsed: ParsedDataset, pixel_problems: list[Problem]) -> int:
+    """Images that are readable and hold an object that is not ignored (what training uses)."""
+    bad = {p.file for p in pixel_problems if p.kind == "unreadable_image"}
+    bad |= set(parsed.missing_images)
+    return sum(r.image_path not in bad and not is_empty(r) for r in parsed.records)
+
+
+def _reason(
+    parsed: ParsedDataset, unreadable: int, instances: int, trainable: int | None
+) -> str | None:
     if not parsed.records:
         return "no images in the dataset"
     if parsed.missing_images:
@@ -96,6 +106,8 @@ def _reason(parsed: ParsedDataset, unreadable: int, instances: int) -> str | Non
         return "no readable image"
     if instances == 0:
         return "no object to train on (every instance dropped or ignored)"
+    if trainable == 0:
+        return f"every image with an object is unreadable ({unreadable} unreadable image(s))"
     return None
 
 
@@ -110,12 +122,14 @@ def build_report(parsed: ParsedDataset, *, read_pixels: bool = True) -> dict[str
         for label in record.labels[~record.ignore]:
             classes[parsed.class_names[int(label)]] += 1
     instances = sum(classes.values())
-    reason = _reason(parsed, unreadable, instances)
+    trainable = _trainable(parsed, pixel_problems) if read_pixels else None
+    reason = _reason(parsed, unreadable, instances, trainable)
     return {
         "source": parsed.source,
         "format": parsed.metric,
         "images": len(parsed.records),
         "unreadable_images": unreadable,
+        "trainable_images": trainable,
         "instances": instances,
         "ignored": ignored,
         "empty_images": sum(is_empty(r) for r in parsed.records),

@@ -3,8 +3,11 @@
 Repairs and drops (each reported as a ``Problem``): boxes clipped to the image, zero-area / NaN /
 malformed boxes dropped, polygons with fewer than 3 points dropped (the instance too when none is
 left), unknown category or image ids dropped, duplicate annotation ids kept and reported, the
-``area`` field recomputed from the mask (pycocotools) and a mismatch reported. Crowd annotations
-(``iscrowd=1``) are kept as ignore regions. Category ids map to contiguous labels in id order.
+``area`` field recomputed from the mask (pycocotools) and a mismatch reported, an image ``width`` /
+``height`` that disagrees with the file resolved by ``records.size_for_coordinates`` (the file's
+size when every coordinate fits it, else a rescale from the stated size) and reported. Crowd
+annotations (``iscrowd=1``) are kept as ignore regions. Category ids map to contiguous labels in id
+order.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from rcnn.data import masks as mask_ops
-from rcnn.data.images import UnreadableImageError, image_size
+from rcnn.data.images import UnreadableImageError, file_size_if_different, image_size
 from rcnn.data.records import (
     Instance,
     ParsedDataset,
@@ -26,6 +29,9 @@ from rcnn.data.records import (
     check_box,
     holdout_split,
     make_record,
+    outside_root_problem,
+    outside_roots,
+    size_for_coordinates,
 )
 from rcnn.errors import DatasetError
 from rcnn.jsonfile import load_json_file
@@ -91,6 +97,16 @@ def _categories(data: dict, path: str, problems: list[Problem]) -> tuple[list[st
     if not names:
         raise DatasetError(f"{path}: no categories")
     ids = sorted(names)
+    first: dict[str, int] = {}
+    for cat_id in ids:  # declared with their own ids, so kept apart, but never silently
+        other = first.setdefault(names[cat_id].lower(), cat_id)
+        if other != cat_id:
+            how = "have the same name" if names[other] == names[cat_id] else "differ only by case"
+            message = (
+                f"categories {names[other]!r} (id {other}) and {names[cat_id]!r} (id {cat_id}) "
+                f"{how}: kept as two classes, as the json declares them"
+            )
+            problems.append(Problem(path, None, "class_name_case", message))
     return [names[i] for i in ids], ids
 
 
@@ -103,10 +119,17 @@ def _positive_int(value: Any) -> bool:
     )
 
 
+def dataset_root(json_path: str) -> str:
+    """The folder of a COCO dataset: the json's, or its parent for ``annotations/*.json``."""
+    here = os.path.dirname(os.path.abspath(json_path))
+    return os.path.dirname(here) if os.path.basename(here).lower() == "annotations" else here
+
+
 def _image_entries(
     data: dict, path: str, image_dir: str, problems: list[Problem]
 ) -> dict[int, dict[str, Any]]:
     entries: dict[int, dict[str, Any]] = {}
+    roots = [image_dir, dataset_root(path)]
     for image in data["images"]:
         image = image if isinstance(image, dict) else {"entry": image}
         image_id, name = image.get("id"), image.get("file_name")
@@ -118,9 +141,14 @@ def _image_entries(
             problems.append(Problem(path, None, "duplicate_id", message))
             continue
         full = os.path.join(image_dir, name)
+        if outside_roots(full, roots):
+            problems.append(outside_root_problem(path, name, roots))
+            continue
         size = (image.get("height"), image.get("width"))
+        file_size = None
         if all(_positive_int(v) for v in size):
             size = (int(size[0]), int(size[1]))
+            file_size = file_size_if_different(full, size)
         else:
             try:
                 size = image_size(full)
@@ -129,7 +157,7 @@ def _image_entries(
             problems.append(
                 Problem(path, None, "bad_image", f"{name}: width/height read from file")
             )
-        entries[image_id] = {"path": full, "file_name": name, "size": size}
+        entries[image_id] = {"path": full, "file_name": name, "size": size, "file_size": file_size}
     return entries
 
 
@@ -289,7 +317,29 @@ def load_coco(
     return parsed
 
 
+def _extent(anns: list[dict]) -> tuple[float, float]:
+    """``(max y, max x)`` over the boxes (XYWH) and polygons of an image's annotations."""
+    ys, xs = [0.0], [0.0]
+    for ann in anns:
+        bbox, segmentation = ann.get("bbox"), ann.get("segmentation")
+        try:
+            if isinstance(bbox, (list, tuple)) and len(bbox) == 4:
+                xs.append(float(bbox[0]) + float(bbox[2]))
+                ys.append(float(bbox[1]) + float(bbox[3]))
+            for polygon in segmentation if isinstance(segmentation, list) else []:
+                xs += [float(v) for v in polygon[0::2]]
+                ys += [float(v) for v in polygon[1::2]]
+        except (TypeError, ValueError):
+            continue  # malformed: reported by the box / mask checks
+    finite = [(y, x) for y, x in ((max(ys), max(xs)),) if math.isfinite(y) and math.isfinite(x)]
+    return finite[0] if finite else (0.0, 0.0)
+
+
 def _record(image_id: int, entry: dict, anns: list[dict], ctx: dict, problems: list[Problem]):
+    where = (entry["path"], None)
+    entry["size"] = size_for_coordinates(
+        entry["size"], entry["file_size"], _extent(anns), where, problems
+    )
     ctx["size"] = entry["size"]
     instances = [_instance(ann, ctx, problems) for ann in anns]
     return make_record(

@@ -2,8 +2,9 @@
 
 Repairs (documented, counted by ``rcnn check``): EXIF orientation is applied (an invalid EXIF block
 is ignored); grayscale, palette, RGBA/LA, CMYK and 1-bit images are converted to RGB (alpha
-dropped); 16-bit and 32-bit integer images are scaled to 8 bit (``value / 257``) unless every value
-already fits in 0..255. A missing file raises ``DatasetError``
+dropped); 16-bit and 32-bit integer or float images are scaled to 8 bit (``value / 257``) unless
+every value already fits in 0..255; a float image whose values all lie in 0..1 is multiplied by
+255 (NaN pixels become 0). A missing file raises ``DatasetError``
 naming it; a truncated or undecodable file raises ``UnreadableImageError`` (a ``DatasetError``),
 which the dataset turns into a skipped sample.
 """
@@ -91,11 +92,17 @@ def _to_rgb_array(image: Image.Image, info: ImageInfo) -> np.ndarray:
     """Convert any Pillow mode to a uint8 ``[H, W, 3]`` array."""
     mode = image.mode
     if mode.startswith("I") or mode == "F":
-        array = np.asarray(image).astype(np.float64)
-        if mode != "F" and array.max(initial=0) > 255:
+        array = np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0)
+        peak = array.max(initial=0)
+        if mode == "F" and 0 < peak <= 1.0 and array.min(initial=0) >= 0:
+            array = array * 255.0  # float 0..1 (the usual float image range) -> 0..255
+            info.notes.append(f"{mode} image with values in 0..1 scaled to 0..255 (8-bit RGB)")
+        elif peak > 255:
             array = array / 257.0  # 16-bit range 0..65535 -> 0..255
+            info.notes.append(f"{mode} image with values up to {peak:g} divided by 257 (8-bit RGB)")
+        else:
+            info.notes.append(f"{mode} image converted to 8-bit RGB (values kept)")
         array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
-        info.notes.append(f"{mode} image scaled to 8-bit RGB")
         return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array[..., :3]
     if mode != "RGB":
         if mode == "P" and "transparency" in image.info:
@@ -162,3 +169,21 @@ def image_size(path: str) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError) as error:
         raise UnreadableImageError(f"{path}: cannot read image header ({error})") from error
     return height, width
+
+
+def file_size_if_different(path: str, stated: tuple[int, int]) -> tuple[int, int] | None:
+    """The file's ``(H, W)`` (after EXIF orientation) when ``stated`` is neither it nor the raw
+    pixels' size; None when it matches, or when the file is missing or unreadable (the image
+    checks report those)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with Image.open(path) as image:
+            raw = (image.height, image.width)
+            if raw == tuple(stated):  # the common case: no EXIF parsing
+                return None
+            swapped = _orientation(image) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    oriented = (raw[1], raw[0]) if swapped else raw
+    return None if tuple(stated) == oriented else oriented

@@ -57,7 +57,10 @@ def rle_from_coco(segmentation: dict[str, Any]) -> dict[str, Any]:
         raise TypeError(f"RLE counts must be a string or a list, not {type(counts).__name__}")
     if isinstance(rle["counts"], str):
         rle["counts"] = rle["counts"].encode("ascii")
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"]}
+    rle = {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"]}
+    if isinstance(counts, (str, bytes)):
+        mask_util.decode(rle)  # ValueError "Invalid RLE mask representation" for garbage counts
+    return rle
 
 
 def to_rle(mask: InstanceMask, height: int, width: int) -> dict[str, Any]:

@@ -6,9 +6,12 @@ report lists exactly what training will do with each problem.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,6 +171,75 @@ def check_box(
         message = f"box {array.tolist()} clipped to the {width}x{height} image"
         problems.append(Problem(*where, "box_outside_image", message))
     return clipped
+
+
+def size_for_coordinates(
+    stated: tuple[int, int],
+    actual: tuple[int, int] | None,
+    extent: tuple[float, float],
+    where: tuple[str, Any],
+    problems: list[Problem],
+) -> tuple[int, int]:
+    """The image size ``(H, W)`` that an image's coordinates refer to, when the annotation file
+    states ``stated`` but the file is ``actual`` (None: they agree).
+
+    ``extent`` is ``(max y, max x)`` over the image's boxes and polygons. When every coordinate
+    fits the file (within a pixel), the coordinates were drawn on it and the stated size is
+    simply wrong (halved, swapped): the file's size is used, coordinates kept. Otherwise they were
+    drawn on an image of the stated size: the stated size is kept and the loader rescales the
+    targets to the file (``DetectionDataset.load``). Either way the repair is reported as
+    ``size_mismatch``.
+    """
+    if actual is None or tuple(actual) == tuple(stated):
+        return stated
+    fits = extent[0] <= actual[0] + 1 and extent[1] <= actual[1] + 1
+    told = f"annotations say {stated[1]}x{stated[0]}, the image file is {actual[1]}x{actual[0]}"
+    if fits:
+        message = f"{told}: the file's size is used, coordinates kept (they all fit the file)"
+    else:
+        message = f"{told}: coordinates reach beyond the file, rescaled to it when loaded"
+    problems.append(Problem(*where, "size_mismatch", message))
+    return tuple(actual) if fits else stated
+
+
+# Image paths that annotations name (COCO ``file_name``, VOC ``<filename>``) must stay inside the
+# dataset's folders (``..`` or an absolute path leaving them is refused, reported as
+# ``outside_root``), unless a caller allows it for the reads in a ``with outside_root_allowed():``.
+_OUTSIDE_ROOT_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "outside_root_allowed", default=False
+)
+
+
+@contextlib.contextmanager
+def outside_root_allowed(allowed: bool = True) -> Iterator[None]:
+    """Let the readers follow image paths that leave the dataset folder (``allowed=True``)."""
+    token = _OUTSIDE_ROOT_ALLOWED.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _OUTSIDE_ROOT_ALLOWED.reset(token)
+
+
+def outside_roots(path: str, roots: list[str]) -> bool:
+    """True when ``path`` (made absolute and normalised, symlinks not followed) lies in none of
+    ``roots`` and reads outside them are not allowed (``outside_root_allowed``)."""
+    if _OUTSIDE_ROOT_ALLOWED.get():
+        return False
+    full = os.path.normpath(os.path.abspath(path))
+    for root in roots:
+        base = os.path.normpath(os.path.abspath(root))
+        if full == base or full.startswith(base.rstrip(os.sep) + os.sep):
+            return False
+    return True
+
+
+def outside_root_problem(where: str, name: str, roots: list[str]) -> Problem:
+    """The ``outside_root`` problem of an image path refused by ``outside_roots``."""
+    message = (
+        f"image path {name!r} leads outside the dataset folder {roots[-1]}: image skipped "
+        "(allow it with --allow-outside-root, or dataset_options.allow_outside_root=true)"
+    )
+    return Problem(where, None, "outside_root", message)
 
 
 def holdout_split(

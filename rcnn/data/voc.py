@@ -3,17 +3,20 @@
 Coordinates: VOC boxes are 1-based inclusive pixel indices; in our continuous XYXY convention a box
 ``xmin..xmax`` covers ``[xmin - 1, xmax]`` (as Detectron2 reads it), so ``x2 - x1`` equals the
 devkit's ``xmax - xmin + 1``. ``difficult`` objects are kept as ignore regions. Classes come from a
-given list (the 20 VOC classes for the devkit) or are discovered from the xml (sorted names).
+given list (the 20 VOC classes for the devkit) or are discovered from the xml (sorted names); a name
+that differs from a class only by case is merged into it and reported (``merge_case_variants``).
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import math
 import os
 import xml.etree.ElementTree as ET
+from collections import Counter
 
-from rcnn.data.images import UnreadableImageError, image_size
+from rcnn.data.images import UnreadableImageError, file_size_if_different, image_size
 from rcnn.data.records import (
     Instance,
     ParsedDataset,
@@ -22,6 +25,9 @@ from rcnn.data.records import (
     check_box,
     holdout_split,
     make_record,
+    outside_root_problem,
+    outside_roots,
+    size_for_coordinates,
 )
 from rcnn.errors import DatasetError
 
@@ -51,8 +57,11 @@ def _object(obj: ET.Element) -> tuple[str | None, bool, list]:
     return name, difficult.strip() not in ("0", "", "false"), box
 
 
-def _find_image(xml_path: str, root: ET.Element, image_dir: str) -> str:
+def _find_image(xml_path: str, root: ET.Element, image_dir: str, problems: list[Problem]) -> str:
     name = _text(root, "filename")
+    if name and outside_roots(os.path.join(image_dir, name), [image_dir]):
+        problems.append(outside_root_problem(xml_path, name, [image_dir]))
+        name = None  # the image is looked for by the xml's name, inside the folder
     if name and os.path.isfile(os.path.join(image_dir, name)):
         return os.path.join(image_dir, name)
     stem = os.path.splitext(os.path.basename(xml_path))[0]
@@ -66,10 +75,10 @@ def _size(root: ET.Element, image_path: str, xml_path: str, problems: list[Probl
     size_node = root.find("size")
     try:
         size = (int(float(_text(size_node, "height"))), int(float(_text(size_node, "width"))))
-        if min(size) > 0:
-            return size
     except (TypeError, ValueError):
-        pass
+        size = (0, 0)
+    if min(size) > 0:
+        return size
     problems.append(Problem(xml_path, None, "bad_image", "no <size>: read from the image file"))
     try:
         return image_size(image_path)
@@ -84,10 +93,22 @@ def parse_xml(xml_path: str, image_dir: str, problems: list[Problem]) -> dict | 
     except (ET.ParseError, OSError) as error:
         problems.append(Problem(xml_path, None, "bad_xml", f"cannot parse ({error}): skipped"))
         return None
-    image_path = _find_image(xml_path, root, image_dir)
+    image_path = _find_image(xml_path, root, image_dir, problems)
     size = _size(root, image_path, xml_path, problems)
     objects = [_object(obj) for obj in root.iter("object")]
+    extent = [(float(b[3]), float(b[2])) for _, _, b in objects if _numbers(b)]
+    size = size_for_coordinates(
+        size,
+        file_size_if_different(image_path, size) if min(size) > 0 else None,
+        tuple(max(values) for values in zip((0.0, 0.0), *extent, strict=False)),
+        (image_path, None),
+        problems,
+    )
     return {"xml": xml_path, "image_path": image_path, "size": size, "objects": objects}
+
+
+def _numbers(box: list) -> bool:
+    return all(isinstance(v, float) and math.isfinite(v) for v in box)
 
 
 def _instances(item: dict, class_to_label: dict, problems: list[Problem]) -> list[Instance]:
@@ -113,6 +134,36 @@ def image_ids(items: list[dict]) -> list[int]:
     return list(range(len(items)))
 
 
+def merge_case_variants(
+    items: list[dict], classes: list[str] | tuple[str, ...] | None, problems: list[Problem]
+) -> list[str]:
+    """Object names that differ from a class only by case (``Raccoon`` among ``raccoon``) are
+    renamed to it in ``items``, each rename reported as ``class_name_case``; returns the classes.
+
+    With ``classes`` given, a name matching one of them but for case takes that class. Without,
+    classes are discovered (sorted) and each case-insensitive group takes its most frequent
+    spelling (ties: the first in sorted order). Names equal but for case are one class in every
+    annotation tool's intent; two classes would split the objects silently.
+    """
+    counts = Counter(name for item in items for name, _, _ in item["objects"] if name)
+    if classes is None:
+        groups: dict[str, list[str]] = {}
+        for name in sorted(counts):
+            groups.setdefault(name.lower(), []).append(name)
+        chosen = {key: max(names, key=lambda n: counts[n]) for key, names in groups.items()}
+        classes = sorted(chosen.values())
+    canonical = {name.lower(): name for name in classes}
+    for item in items:
+        for index, (name, difficult, box) in enumerate(item["objects"]):
+            target = canonical.get(name.lower()) if name else None
+            if target is None or target == name:
+                continue
+            item["objects"][index] = (target, difficult, box)
+            message = f"class {name!r} differs from {target!r} only by case: merged into it"
+            problems.append(Problem(item["xml"], index, "class_name_case", message))
+    return list(classes)
+
+
 def build_voc(
     items: list[dict],
     source: str,
@@ -122,8 +173,7 @@ def build_voc(
     skip_empty: bool = False,
 ) -> ParsedDataset:
     """Records from parsed xml ``items``; ``classes=None`` discovers them (sorted names)."""
-    if classes is None:
-        classes = sorted({name for item in items for name, _, _ in item["objects"] if name})
+    classes = merge_case_variants(items, classes, problems)
     if not classes:
         raise DatasetError(f"{source}: no objects with a <name> in any xml file")
     class_to_label = {name: label for label, name in enumerate(classes)}
@@ -225,8 +275,8 @@ def load_voc_folder(
     problems: list[Problem] = []
     items = [parse_xml(path, image_dir, problems) for path in xml_files]
     items = [item for item in items if item is not None]
-    if classes is None:  # discovered over every split, so train and val share the labels
-        classes = sorted({name for item in items for name, _, _ in item["objects"] if name})
+    # discovered over every split, so train and val share the labels
+    classes = merge_case_variants(items, classes, problems)
     if split is not None:
         stems = [os.path.splitext(os.path.basename(item["xml"]))[0] for item in items]
         chosen = split_stems(root, split)

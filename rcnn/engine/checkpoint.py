@@ -2,16 +2,16 @@
 
 A checkpoint is a ``torch.save`` dict with ``model``, ``optimizer``, ``scheduler``, ``scaler``,
 ``rng``, ``iteration``, ``epoch``, ``config`` (the resolved TrainConfig as a dict, model config
-included), ``class_names`` and ``format_version``. Every value is a tensor or a plain Python
+included), ``class_names``, ``format_version``, ``metrics`` (the last validation's, or None) and
+``checksum`` (``rcnn.integrity.state_checksum``: sha256 of everything else, verified on load;
+files written before checksums existed load unverified). Every value is a tensor or a plain Python
 container, so checkpoints load with ``weights_only=True`` (no code runs when a file is read).
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,46 +20,27 @@ import numpy as np
 import torch
 
 from rcnn.errors import CheckpointError
+from rcnn.fileio import atomic_file
+from rcnn.integrity import state_checksum, verify_checksum
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "config", "class_names", "format_version")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+    """Write ``state`` to ``path`` atomically, with a checksum of its content.
 
-    A crash or SIGKILL at any moment leaves either the previous file or the new one, never a
-    half-written file (the temporary file is removed on error; a killed process may leave a
-    ``.tmp`` file behind, which is never read).
+    ``rcnn.fileio.atomic_file``: a temporary file in the same folder, fsync, rename. A crash or
+    SIGKILL at any moment leaves either the previous file or the new one, never a half-written
+    file (a killed process may leave a ``.tmp`` file behind, which is never read). A full disk, a
+    read-only folder or a denied permission is an ``OutputError`` naming the folder, with the
+    previous checkpoint intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {**state, "format_version": FORMAT_VERSION}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename is durable only once the directory entry is flushed (POSIX; not on Windows).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    state = {k: v for k, v in state.items() if k != "checksum"}
+    state["format_version"] = FORMAT_VERSION
+    state["checksum"] = state_checksum(state)
+    with atomic_file(path) as handle:
+        torch.save(state, handle)
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
@@ -85,6 +66,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(
             f"checkpoint {path} is not an rcnn training checkpoint (missing {', '.join(missing)})"
         )
+    verify_checksum(state, f"checkpoint {path}")
     if state["format_version"] > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {state['format_version']}; this rcnn reads "
@@ -180,3 +162,17 @@ def restore_rng(rng: dict[str, Any]) -> None:
     if "cuda" in rng and torch.cuda.is_available():
         states = rng["cuda"][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all(states)
+
+
+def plain(tree: Any) -> Any:
+    """``tree`` (e.g. an evaluator's metrics) with NumPy values and tensors as Python numbers and
+    lists, so that a checkpoint holding it loads with ``weights_only=True``."""
+    if isinstance(tree, dict):
+        return {str(k): plain(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [plain(v) for v in tree]
+    if isinstance(tree, (np.ndarray, np.generic)) or torch.is_tensor(tree):
+        return plain(tree.tolist())
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    return str(tree)

@@ -58,19 +58,30 @@ def _predict_indices(
         collate_fn=_collate,
     )
     outputs = []
-    position = 0
+    position, skipped = 0, []
     with tqdm(total=len(indices), desc="predict", unit="img", disable=not show_progress) as bar:
         for batch in loader:
-            images = [image for image, _ in batch]
-            detections = [dets.to("cpu") for dets in model(images)]
-            ids = [_image_id(dataset, indices[position + i], t) for i, (_, t) in enumerate(batch)]
+            # an unreadable image (None) is skipped: not predicted, not scored, counted
+            where = [indices[position + i] for i in range(len(batch))]
+            position += len(batch)
+            bar.update(len(batch))
+            skipped += [index for index, sample in zip(where, batch, strict=True) if sample is None]
+            kept = [(i, s) for i, s in zip(where, batch, strict=True) if s is not None]
+            if not kept:
+                continue
+            detections = [dets.to("cpu") for dets in model([s[0] for _, s in kept])]
+            ids = [_image_id(dataset, index, sample[1]) for index, sample in kept]
             if evaluator is not None:
                 evaluator.process(ids, detections)
                 detections = [replace(dets, masks=None) for dets in detections]
-            for image_id, dets in zip(ids, detections, strict=True):
-                outputs.append((indices[position], image_id, dets))
-                position += 1
-            bar.update(len(batch))
+            for (index, _), image_id, dets in zip(kept, ids, detections, strict=True):
+                outputs.append((index, image_id, dets))
+    if skipped:
+        logger.warning(
+            "%d unreadable image(s) skipped (not predicted, not scored), dataset indices %s",
+            len(skipped),
+            skipped[:10],
+        )
     return outputs
 
 

@@ -23,6 +23,7 @@ from rcnn.engine.distributed import DistContext
 from rcnn.engine.train import TrainResult, train
 from rcnn.engine.validate import Validator, evaluate_detections
 from rcnn.errors import UserError
+from rcnn.fileio import write_text
 
 logger = logging.getLogger(__name__)
 FINAL_KEYS = ("bbox", "segm", "voc07", "voc12")
@@ -31,6 +32,7 @@ DATASET_OPTIONS = {
     "other": (
         "min_object_area",
         "classes",
+        "allow_outside_root",
         "images",
         "annotations",
         "format",
@@ -176,8 +178,10 @@ def run_process(
 def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, datasets: Datasets) -> dict:
     """Write ``final_metrics.json`` and ``predictions.png``; return a summary for the CLI."""
     metrics = _json_safe({k: v for k, v in (result.metrics or {}).items() if k in FINAL_KEYS})
-    (run_dir / "final_metrics.json").write_text(
-        json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+    # the metrics come from the last checkpoint when a finished run is resumed (rcnn.engine.train
+    # saves them with it), so a kill between last.pth and this file loses nothing
+    write_text(
+        run_dir / "final_metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n"
     )
     picture = run_dir / "predictions.png"
     try:
@@ -196,7 +200,7 @@ def finish(cfg: TrainConfig, run_dir: Path, result: TrainResult, datasets: Datas
         "val_loss": (result.metrics or {}).get("loss", {}).get("loss"),
         "picture": str(picture) if picture else None,
     }
-    (run_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    write_text(run_dir / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
     return summary
 
 

@@ -25,11 +25,12 @@ from torch import nn
 
 from rcnn.config import TrainConfig, interval_iters, to_dict
 from rcnn.engine import distributed as du
-from rcnn.engine.checkpoint import capture_rng, restore_rng, save_checkpoint
+from rcnn.engine.checkpoint import capture_rng, plain, restore_rng, save_checkpoint
 from rcnn.engine.distributed import DistContext
 from rcnn.engine.log import RunLogger
 from rcnn.engine.optim import WarmupScheduler, build_optimizer
 from rcnn.engine.precision import autocast, resolve_amp
+from rcnn.engine.rollback import LastGoodState, non_finite_tensors
 from rcnn.engine.validate import Validator
 from rcnn.errors import UserError
 
@@ -149,6 +150,8 @@ class _Loop:
         self.iteration = 0
         self.tracker: dict[str, Any] = {"best": None, "best_iteration": None, "stale": 0}
         self.ddp: nn.Module = self.model
+        self.last_good = LastGoodState()
+        self.metrics: dict | None = None  # the last validation's, saved with each checkpoint
 
     def run(
         self, validator: Validator | None, resume_state: dict | None, loader_fn: LoaderFn
@@ -200,7 +203,9 @@ class _Loop:
     def _iterate(
         self, batches: Iterator, log: RunLogger, validator: Validator | None
     ) -> tuple[dict | None, bool]:
-        sched, metrics = self.schedule, None
+        sched = self.schedule
+        # a finished run resumed: the metrics saved with its last checkpoint
+        metrics = self.metrics if self.iteration >= sched.max_iters else None
         self.model.train()
         while self.iteration < sched.max_iters:
             lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
@@ -221,7 +226,7 @@ class _Loop:
     def _step(self, batches: Iterator) -> tuple[dict[str, float], int]:
         """One optimizer step over ``accumulate`` micro-batches; returns mean losses, #images."""
         cfg, accumulate = self.cfg, self.cfg.accumulate
-        last_good_rng = capture_rng()
+        self.last_good.start_step(self)
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         num_images = 0
@@ -234,17 +239,21 @@ class _Loop:
                 loss_terms = {k: v for k, v in outputs.items() if k.startswith("loss_")}
                 total = sum(loss_terms.values())
                 if du.any_true(not bool(torch.isfinite(total)), self.ctx.device):
-                    self._stop_non_finite(loss_terms, targets, last_good_rng)
+                    self._stop_non_finite(loss_terms, targets)
                 self.scaler.scale(total.float() / accumulate).backward()
             for key, value in outputs.items():
                 if torch.is_tensor(value) and value.numel() == 1:
                     sums[key] = sums.get(key, 0.0) + value.detach().float() / accumulate
+        self.last_good.forward_was_finite()
         if cfg.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        bad = non_finite_tensors(self.model)
+        if du.any_true(bool(bad), self.ctx.device):
+            self._stop_non_finite_weights(bad)
         reduced = du.all_reduce_mean(sums)
         reduced["loss"] = sum((v for k, v in reduced.items() if k.startswith("loss_")), 0.0)
         return {k: float(v) for k, v in reduced.items()}, num_images
@@ -263,12 +272,12 @@ class _Loop:
                 f"on {device.type} ({kernel}); train without --amp"
             ) from None
 
-    def _stop_non_finite(self, terms: dict[str, torch.Tensor], targets: list, rng: dict) -> None:
+    def _stop_non_finite(self, terms: dict[str, torch.Tensor], targets: list) -> None:
         ids = [getattr(t, "image_id", None) for t in targets]
         local = {"terms": {k: float(v.detach()) for k, v in terms.items()}, "ids": ids}
         gathered = du.gather_objects(local)
-        restore_rng(rng)
-        path = self._save("last.pth")
+        failed_at = self.iteration + 1
+        good, path = self._roll_back()
         all_ids = [i for item in gathered for i in item["ids"]]
         shown = ", ".join(
             f"{k}={v:.4g}"
@@ -277,10 +286,25 @@ class _Loop:
         )
         every = ", ".join(f"{k}={v:.4g}" for k, v in gathered[0]["terms"].items())
         raise NonFiniteLossError(
-            f"non-finite loss at iteration {self.iteration + 1}: {shown or every} "
-            f"(all terms: {every}); image ids of the batch: {all_ids}; the last good state "
-            f"(iteration {self.iteration}) is saved in {path}"
+            f"non-finite loss at iteration {failed_at}: {shown or every} "
+            f"(all terms: {every}); image ids of the batch: {all_ids}; rolled back to the last "
+            f"state with a finite loss (iteration {good}), saved in {path}"
         )
+
+    def _stop_non_finite_weights(self, names: list[str]) -> None:
+        failed_at = self.iteration + 1
+        good, path = self._roll_back()
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise NonFiniteLossError(
+            f"non-finite weights after the step of iteration {failed_at} ({shown}; the learning "
+            f"rate {self.cfg.lr:g} may be too high); rolled back to the last state with a finite "
+            f"loss (iteration {good}), saved in {path}"
+        )
+
+    def _roll_back(self) -> tuple[int, Path]:
+        """Restore the last good state (``rcnn.engine.rollback``) and save it as last.pth."""
+        good = self.last_good.restore(self)
+        return good, self._save("last.pth")
 
     def _validate(self, validator: Validator, log: RunLogger) -> dict | None:
         self.model.eval()
@@ -295,6 +319,7 @@ class _Loop:
                 self.tracker["stale"] += 1
         if self.ctx.is_main and metrics is not None:
             log.write("val", self.iteration, _scalars(metrics) | {"primary": primary})
+            self.metrics = plain(metrics)
         return metrics
 
     def _should_stop(self) -> bool:
@@ -318,6 +343,7 @@ class _Loop:
             "config": to_dict(self.cfg),
             "class_names": self.class_names,
             "tracker": dict(self.tracker),
+            "metrics": self.metrics,
         }
         save_checkpoint(path, state)
         return path
@@ -330,6 +356,7 @@ class _Loop:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.tracker.update(state.get("tracker", {}))
+        self.metrics = state.get("metrics")
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         if len(per_rank) == self.ctx.world_size:
             restore_rng(per_rank[self.ctx.rank])

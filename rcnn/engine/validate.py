@@ -8,6 +8,7 @@ mode (running statistics are not updated by validation images).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import nn
 from rcnn.engine import distributed as du
 from rcnn.engine.distributed import DistContext
 
+logger = logging.getLogger(__name__)
 EvaluateFn = Callable[[nn.Module, Any, DistContext], "dict | None"]
 
 
@@ -37,9 +39,12 @@ def evaluate_detections(
     evaluator.reset()
     images = first_images(dataset, max_images)
     # streamed: each batch is scored at once, so a dataset's full-size masks are never all held
-    predict_dataset(
+    predicted = predict_dataset(
         model, images, num_workers=num_workers, distributed=ctx.distributed, evaluator=evaluator
     )
+    if ctx.is_main and not predicted:
+        logger.warning("validation skipped: none of the %d val images could be read", len(images))
+        return None
     return evaluator.evaluate() if ctx.is_main else None
 
 

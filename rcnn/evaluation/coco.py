@@ -119,13 +119,16 @@ def evaluate_coco_results(
     gt_has_masks = any("segmentation" in a for a in coco_gt.dataset["annotations"])
     sizes = {img["id"]: (img["height"], img["width"]) for img in coco_gt.dataset["images"]}
     metrics: dict[str, dict[str, Any]] = {}
+    masks_missing = results and not any("segmentation" in r for r in results)
+    segm = None  # checked before any scoring: a bad mask is an error, not minutes of COCOeval
+    if "segm" in iou_types and gt_has_masks and not masks_missing:
+        segm = segm_results(results, sizes, source)
     for iou_type in iou_types:
         if iou_type == "segm":
-            masks_missing = results and not any("segmentation" in r for r in results)
-            if not gt_has_masks or masks_missing:
+            if segm is None:
                 logger.info("no masks in the ground truth or the results: segm AP skipped")
                 continue
-            prepared = segm_results(results, sizes)
+            prepared = segm
         else:
             prepared = bbox_results(results)
         stats, per_class = run_cocoeval(coco_gt, prepared, iou_type, image_ids=image_ids)

@@ -18,6 +18,7 @@ from rcnn.evaluation.analysis import (
     threshold_metrics,
 )
 from rcnn.evaluation.voc import DetArrays, match_class
+from rcnn.fileio import write_text
 from rcnn.structures import Record
 
 logger = logging.getLogger(__name__)
@@ -38,10 +39,8 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: str | Path, value: Any) -> None:
-    """Write ``json_safe(value)`` with indentation."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(json_safe(value), f, indent=2)
-        f.write("\n")
+    """Write ``json_safe(value)`` with indentation, atomically (``rcnn.fileio``)."""
+    write_text(path, json.dumps(json_safe(value), indent=2) + "\n")
 
 
 def metrics_summary(metrics: dict[str, dict[str, Any]]) -> str:
@@ -117,7 +116,7 @@ def write_analysis(
         matrix = confusion_matrix(records, detections, len(class_names), score_thresh=score_thresh)
         save_confusion_matrix(matrix, class_names, output / "confusion_matrix.png")
         write_json(output / f"prf_at_{score_thresh:g}.json", rows)
-        (output / f"prf_at_{score_thresh:g}.txt").write_text(table + "\n", encoding="utf-8")
+        write_text(output / f"prf_at_{score_thresh:g}.txt", table + "\n")
     return table
 
 
@@ -126,5 +125,5 @@ def write_metrics(metrics: dict[str, dict[str, Any]], output_dir: str | Path) ->
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / "final_metrics.json", metrics)
-    (output / "per_class.txt").write_text(per_class_table(metrics) + "\n", encoding="utf-8")
+    write_text(output / "per_class.txt", per_class_table(metrics) + "\n")
     logger.info("wrote %s", output / "final_metrics.json")

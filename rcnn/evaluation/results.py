@@ -6,6 +6,7 @@ objects, with ``"segmentation"`` (a compressed RLE) for instance masks. Extra ke
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,17 @@ def _check_entry(entry: Any, index: int, path: str) -> None:
     bbox = entry["bbox"]
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
         raise UserError(f"{path}: entry {index}: bbox must be [x, y, w, h], got {bbox!r:.80}")
-    if not _is_number(entry["score"]):
-        raise UserError(f"{path}: entry {index}: score must be a number, got {entry['score']!r}")
+    if not all(math.isfinite(v) for v in bbox):
+        raise UserError(f"{path}: entry {index}: bbox {bbox} holds NaN or infinity")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise UserError(
+            f"{path}: entry {index}: bbox {bbox} has a negative width or height "
+            "(COCO results boxes are [x, y, width, height])"
+        )
+    if not _is_number(entry["score"]) or not math.isfinite(entry["score"]):
+        raise UserError(
+            f"{path}: entry {index}: score must be a finite number, got {entry['score']!r}"
+        )
 
 
 def _is_number(value: Any) -> bool:
@@ -86,8 +96,9 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     """Read and validate a COCO results json.
 
     Raises:
-        UserError: missing file, invalid json, or entries without image_id / category_id /
-            bbox / score.
+        UserError: missing file, invalid json, entries without image_id / category_id /
+            bbox / score, a NaN or infinite score or box, a negative box width or height (the
+            first bad entry named: a file that is wrong somewhere is not scored at all).
     """
     path = str(path)
     results = load_json_file(path, "results file")
@@ -128,23 +139,56 @@ def check_result_ids(
         )
 
 
-def segm_results(results: list[dict[str, Any]], image_sizes: dict[Any, tuple[int, int]]) -> list:
+def segm_results(
+    results: list[dict[str, Any]],
+    image_sizes: dict[Any, tuple[int, int]],
+    source: str = "results",
+) -> list:
     """The results with masks, prepared for ``COCOeval(iouType="segm")``.
 
     Boxes are dropped so that ``loadRes`` takes each detection's area from its mask (as Detectron2
     does; with a box present pycocotools would use the box area for the size ranges), and polygon
     segmentations are converted to RLE (``loadRes`` only reads RLE).
+
+    Raises:
+        UserError: a segmentation that is not a mask of its image (garbage RLE counts, another
+            size, malformed polygons), naming ``source`` and the entry.
     """
     prepared = []
-    for result in results:
+    for index, result in enumerate(results):
         segmentation = result.get("segmentation")
         if not segmentation:
             continue
         entry = {k: v for k, v in result.items() if k not in ("bbox", "segmentation")}
-        rle = mask_to_rle(segmentation, *image_sizes[result["image_id"]])
+        size = image_sizes[result["image_id"]]
+        try:
+            rle = mask_to_rle(segmentation, *size)
+            rle = mask_util.merge([rle]) if isinstance(rle, list) else rle
+        except Exception:  # pycocotools raises a bare Exception for unsupported input
+            rle = None
+        if not _valid_rle(rle, size):
+            raise UserError(
+                f"{source}: entry {index} (image {result['image_id']}): segmentation is not a mask "
+                f"of its {size[1]}x{size[0]} image (a COCO RLE of that size or polygons): "
+                f"{str(segmentation)[:80]}"
+            )
         entry["segmentation"] = rle_to_json(rle)
         prepared.append(entry)
     return prepared
+
+
+def _valid_rle(rle: Any, size: tuple[int, int]) -> bool:
+    """A compressed RLE of ``size`` whose runs fit it (garbage ``counts`` decode to runs far
+    past the image, and would make COCOeval's IoU loops run for minutes)."""
+    if not isinstance(rle, dict) or [int(v) for v in rle.get("size", [])] != list(size):
+        return False
+    try:
+        x, y, w, h = (float(v) for v in mask_util.toBbox(rle))
+        area = float(mask_util.area(rle))
+    except (TypeError, ValueError):
+        return False
+    height, width = size
+    return area <= height * width and x + w <= width and y + h <= height
 
 
 def bbox_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from rcnn.config import checked
+
 # torchvision's ``bbox_xform_clip`` (rcnn/_utils.py) and GluonCV's ``clip`` for FPN models (4.14).
 DEFAULT_BOX_CLIP = math.log(1000.0 / 16)
 
@@ -34,15 +36,15 @@ class InputConfig:
         size_divisibility: the padded batch is a multiple of this on both sides.
     """
 
-    train_short: tuple[int, ...] = (800,)
-    short_mode: str = "choice"
-    test_short: int = 800
-    max_size: int = 1333
+    train_short: tuple[int, ...] = checked((800,), "[1, inf)", nonempty=True)
+    short_mode: str = checked("choice", ("choice", "range"))
+    test_short: int = checked(800, "[1, inf)")
+    max_size: int = checked(1333, "[1, inf)")
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    pixel_range: float = 1.0
+    pixel_std: tuple[float, float, float] = checked((0.229, 0.224, 0.225), "(0, inf)")
+    pixel_range: float = checked(1.0, "(0, inf)")
     bgr: bool = False
-    size_divisibility: int = 32
+    size_divisibility: int = checked(32, "[1, inf)")
 
 
 @dataclass
@@ -67,11 +69,11 @@ class BackboneConfig:
     """
 
     name: str = "resnet50"
-    norm: str = "frozen_bn"
-    norm_eps: float = 1e-5
-    freeze_at: int = 2
-    stem: str = "torchvision"
-    width: int = 64
+    norm: str = checked("frozen_bn", ("", "frozen_bn", "bn", "gn", "syncbn"))
+    norm_eps: float = checked(1e-5, "[0, inf)")
+    freeze_at: int = checked(2, "[0, 5]")
+    stem: str = checked("torchvision", ("torchvision", "v1d"))
+    width: int = checked(64, "[1, inf)")
     pretrained_base: bool = True
     weights: str = ""
 
@@ -85,8 +87,8 @@ class FPNConfig:
         norm: ``""`` (conv with bias) or a norm name as in ``BackboneConfig.norm``.
     """
 
-    out_channels: int = 256
-    norm: str = ""
+    out_channels: int = checked(256, "[1, inf)")
+    norm: str = checked("", ("", "frozen_bn", "bn", "gn", "syncbn"))
 
 
 @dataclass
@@ -101,33 +103,36 @@ class AnchorConfig:
         shapes on a stride-sized window, centre ``(stride - 1) / 2``; ``anchors.py``).
     """
 
-    style: str = "torchvision"
-    sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    base_size: int = 16
-    scales: tuple[float, ...] = (2, 4, 8, 16, 32)
+    style: str = checked("torchvision", ("torchvision", "gluoncv"))
+    sizes: tuple[tuple[float, ...], ...] = checked(
+        ((32,), (64,), (128,), (256,), (512,)), "(0, inf)", nonempty=True
+    )
+    aspect_ratios: tuple[float, ...] = checked((0.5, 1.0, 2.0), "(0, inf)", nonempty=True)
+    base_size: int = checked(16, "[1, inf)")
+    scales: tuple[float, ...] = checked((2, 4, 8, 16, 32), "(0, inf)")
 
 
 @dataclass
 class RPNConfig:
     """Region proposal network (head, proposal generation, training targets, loss)."""
 
-    channels: int = 0  # 0 = the input's channels (torchvision); GluonCV uses 1024
-    conv_depth: int = 1
-    norm: str = ""
-    nms_thresh: float = 0.7
-    pre_nms_topk: tuple[int, int] = (2000, 1000)  # (train, test)
-    post_nms_topk: tuple[int, int] = (2000, 1000)
+    # 0 = the input's channels (torchvision); GluonCV uses 1024
+    channels: int = checked(0, "[0, inf)")
+    conv_depth: int = checked(1, "[0, inf)")
+    norm: str = checked("", ("", "frozen_bn", "bn", "gn", "syncbn"))
+    nms_thresh: float = checked(0.7, "(0, 1]")
+    pre_nms_topk: tuple[int, int] = checked((2000, 1000), "[1, inf)")  # (train, test)
+    post_nms_topk: tuple[int, int] = checked((2000, 1000), "[1, inf)")
     per_level: bool = True  # pre-NMS top-k and NMS per level (torchvision) or over all (GluonCV)
-    min_size: float = 1e-3
-    score_thresh: float = 0.0
-    fg_iou_thresh: float = 0.7
-    bg_iou_thresh: float = 0.3
-    batch_size_per_image: int = 256
-    positive_fraction: float = 0.5
-    smooth_l1_beta: float = 1.0 / 9
-    box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
-    box_clip: float = DEFAULT_BOX_CLIP
+    min_size: float = checked(1e-3, "[0, inf)")
+    score_thresh: float = checked(0.0, "[0, 1]")
+    fg_iou_thresh: float = checked(0.7, "[0, 1]")
+    bg_iou_thresh: float = checked(0.3, "[0, 1]")
+    batch_size_per_image: int = checked(256, "[1, inf)")
+    positive_fraction: float = checked(0.5, "[0, 1]")
+    smooth_l1_beta: float = checked(1.0 / 9, "[0, inf)")
+    box_weights: tuple[float, float, float, float] = checked((1.0, 1.0, 1.0, 1.0), "(0, inf)")
+    box_clip: float = checked(DEFAULT_BOX_CLIP, "(0, inf)")
     allowed_border: float = -1.0  # >= 0: anchors crossing the image by more are ignored (GluonCV 0)
 
 
@@ -135,44 +140,49 @@ class RPNConfig:
 class BoxHeadConfig:
     """RoI pooling + box head + class-specific box predictor, training targets and inference."""
 
-    kind: str = "2fc"  # "2fc" | "4conv1fc" (| "res5" for C4 models)
-    pooler_resolution: int = 7
-    pool_downsample: int = 1  # GluonCV's FPN Mask R-CNN R50/101 pool 14x14 then avg-pool to 7x7
-    sampling_ratio: int = 2
-    pool_mode: str = "align"  # "align" | "pool"
+    # "2fc" | "4conv1fc" (| "res5" for C4 models)
+    kind: str = checked("2fc", ("2fc", "4conv1fc", "res5"))
+    pooler_resolution: int = checked(7, "[1, inf)")
+    # GluonCV's FPN Mask R-CNN R50/101 pool 14x14 then avg-pool to 7x7
+    pool_downsample: int = checked(1, "[1, inf)")
+    sampling_ratio: int = checked(2, "[0, inf)")
+    pool_mode: str = checked("align", ("align", "pool"))  # "align" | "pool"
     aligned: bool = False
-    canonical_scale: int = 224
-    canonical_level: int = 4
-    num_conv: int = 4
-    conv_dim: int = 256
-    fc_dim: int = 1024
-    norm: str = ""
-    fg_iou_thresh: float = 0.5
-    bg_iou_thresh: float = 0.5
-    batch_size_per_image: int = 512
-    positive_fraction: float = 0.25
-    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
-    box_clip: float = DEFAULT_BOX_CLIP
-    smooth_l1_beta: float = 1.0 / 9
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    nms_topk: int = -1  # GluonCV's nms_topk: best (box, class) pairs entering NMS (-1 = all)
-    detections_per_img: int = 100
+    canonical_scale: int = checked(224, "[1, inf)")
+    canonical_level: int = checked(4, "[1, inf)")
+    num_conv: int = checked(4, "[0, inf)")
+    conv_dim: int = checked(256, "[1, inf)")
+    fc_dim: int = checked(1024, "[1, inf)")
+    norm: str = checked("", ("", "frozen_bn", "bn", "gn", "syncbn"))
+    fg_iou_thresh: float = checked(0.5, "[0, 1]")
+    bg_iou_thresh: float = checked(0.5, "[0, 1]")
+    batch_size_per_image: int = checked(512, "[1, inf)")
+    positive_fraction: float = checked(0.25, "[0, 1]")
+    box_weights: tuple[float, float, float, float] = checked((10.0, 10.0, 5.0, 5.0), "(0, inf)")
+    box_clip: float = checked(DEFAULT_BOX_CLIP, "(0, inf)")
+    smooth_l1_beta: float = checked(1.0 / 9, "[0, inf)")
+    score_thresh: float = checked(0.05, "[0, 1]")
+    nms_thresh: float = checked(0.5, "(0, 1]")
+    # GluonCV's nms_topk: best (box, class) pairs entering NMS (-1 = all)
+    nms_topk: int = checked(-1, "[-1, inf)")
+    detections_per_img: int = checked(100, "[1, inf)")
 
 
 @dataclass
 class MaskHeadConfig:
     """Mask branch: RoIAlign, ``num_conv`` 3x3 convs, a 2x deconv, a per-class 1x1 predictor."""
 
-    pooler_resolution: int = 14
-    sampling_ratio: int = 2
-    num_conv: int = 4
-    conv_dim: int = 256
-    norm: str = ""
-    edge_loss_weight: float = 0.0  # Sobel edge loss on masks (seed 003); 0 = off
-    maskiou: bool = False  # Mask Scoring R-CNN's MaskIoU head (rcnn.models.maskiou)
-    maskiou_weight: float = 1.0
-    maskiou_fc_dim: int = 1024
+    pooler_resolution: int = checked(14, "[1, inf)")
+    sampling_ratio: int = checked(2, "[0, inf)")
+    num_conv: int = checked(4, "[0, inf)")
+    conv_dim: int = checked(256, "[1, inf)")
+    norm: str = checked("", ("", "frozen_bn", "bn", "gn", "syncbn"))
+    # Sobel edge loss on masks (seed 003); 0 = off
+    edge_loss_weight: float = checked(0.0, "[0, inf)")
+    # Mask Scoring R-CNN's MaskIoU head (rcnn.models.maskiou)
+    maskiou: bool = False
+    maskiou_weight: float = checked(1.0, "[0, inf)")
+    maskiou_fc_dim: int = checked(1024, "[1, inf)")
 
 
 @dataclass
@@ -187,7 +197,7 @@ class ModelConfig:
         mask_on: add the mask branch (Mask R-CNN).
     """
 
-    arch: str = "fpn"
+    arch: str = checked("fpn", ("fpn", "c4"))
     classes: tuple[str, ...] = ("object",)
     category_ids: tuple[int, ...] = ()
     mask_on: bool = False

@@ -1,22 +1,24 @@
-"""RoIAlign that uses every CPU thread, bit-identical to torchvision's (forward and backward).
+"""RoIAlign that uses every CPU thread; torchvision's results (forward and backward).
 
 torchvision's CPU kernel runs on one thread. Each output bin depends on one RoI and one channel,
-so the forward splits the RoIs into one chunk per thread. The kernel releases the GIL, so plain
-Python threads run the chunks in parallel.
+so the forward splits the RoIs into one chunk per thread and runs torchvision's kernel on each:
+the same bits as one call, on every processor. The kernel releases the GIL, so plain Python
+threads run the chunks in parallel.
 
-The backward (a scatter-add into the feature map's gradient) is, where it can be exact, one
-sparse-dense product: ``grad_feature[b, :, y, x] = sum over samples w * grad_out[roi, :, bin]``,
-with the sparse matrix's entries of each feature pixel in torchvision's order (RoI, bin row, bin
-column, sample row, sample column, corner) and its weights computed by torchvision's own float
-steps (``_bilinear_entries``). CPU's CSR x dense product sums each row's entries one after the
-other from 0, as torchvision's loop adds them, and the per-sample ``w / count`` is exact when
-count (sampling_ratio squared) is a power of two; so every gradient element gets the same additions
-in the same order: the same bits, 5-13x faster than torchvision's kernel (which recomputes the
-bilinear weights for every channel) at the presets' sizes, sampling ratio 1 or 2 and 64-256
-channels (``benchmarks/roi_align_backward.py``). A self-check against torchvision's kernel on
-first use (``sparse_backward_is_exact``) guards that; otherwise, and for other ratios (the
-adaptive 0, whose per-RoI count is not a power of two), the backward runs torchvision's kernel
-split by image (B > 1) or by channel, again in the original order for every element.
+The backward (a scatter-add into the feature map's gradient) is, where a self-check shows it
+exact, one sparse-dense product: ``grad_feature[b, :, y, x] = sum over samples w *
+grad_out[roi, :, bin]``, with the sparse matrix's entries of each feature pixel in torchvision's
+order (RoI, bin row, bin column, sample row, sample column, corner) and its weights computed by
+torchvision's own float steps (``_bilinear_entries``); the per-sample ``w / count`` is exact when
+count (sampling_ratio squared) is a power of two. Whether the CSR x dense product then adds each
+row's entries one after the other from 0, as torchvision's loop does, depends on the build and
+the processor: on AMD Zen 3 (AVX2) it does (the same bits, 5-13x faster than torchvision's
+kernel at the presets' sizes, ``benchmarks/roi_align_backward.py``); on Intel Sapphire Rapids
+(AVX-512, AMX) it does not. A self-check against torchvision's kernel on first use
+(``sparse_backward_is_exact``, run outside autocast in float32) decides; where it fails, and for
+other ratios (the adaptive 0, whose per-RoI count is not a power of two), the backward runs
+torchvision's kernel split by image (B > 1) or by channel, again in the original order for every
+element: torchvision's bits on every processor.
 
 Shape shorthand: B images, D channels, H/W feature size, R RoIs, S output side, g samples per bin
 side (``sampling_ratio``), K sparse entries (R S^2 g^2 samples x 4 corners, those in the map).
@@ -167,18 +169,41 @@ def _sparse_backward(grad, rois, shape, size, scale: float, ratio: int, aligned:
             crow, bins[order], weights[order], (pixels, grad.shape[0] * size[0] * size[1]),
             check_invariants=False,
         )  # fmt: skip
-    dense = grad.permute(0, 2, 3, 1).reshape(-1, channels)  # [R S S, D]
-    return (matrix @ dense).reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+    dense = grad.float().permute(0, 2, 3, 1).reshape(-1, channels)  # [R S S, D]
+    with torch.autocast("cpu", enabled=False):  # the product has float32 kernels only
+        product = matrix @ dense
+    return product.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
 def _sparse_usable(ratio: int) -> bool:
     return ratio in EXACT_SPARSE_RATIOS and sparse_backward_is_exact()
 
 
+def backward_path(ratio: int, workers: int) -> str:
+    """Which backward ``roi_align`` runs for ``sampling_ratio`` on this machine: ``"sparse"``
+    (the sparse product; exact where its self-check passed), ``"threaded"`` (torchvision's
+    kernel split over ``workers`` threads) or ``"torchvision"`` (one call)."""
+    if _sparse_usable(ratio):
+        return "sparse"
+    return "threaded" if workers > 1 else "torchvision"
+
+
 @functools.cache
 def sparse_backward_is_exact() -> bool:
-    """Whether the sparse backward gives torchvision's gradient bit for bit on this build (once
-    per process: random RoIs crossing the border, both ``aligned``, ratios 1 and 2)."""
+    """Whether the sparse backward gives torchvision's gradient bit for bit on this build and
+    processor (once per process: random RoIs crossing the border, both ``aligned``, ratios 1
+    and 2). Runs in float32 with autocast off, whatever the caller's autocast state."""
+    with torch.autocast("cpu", enabled=False), torch.no_grad():
+        exact = _sparse_matches_torchvision()
+    if not exact:
+        logger.warning(
+            "sparse RoIAlign backward differs from torchvision's on this processor: using "
+            "torchvision's kernel (threaded) instead"
+        )
+    return exact
+
+
+def _sparse_matches_torchvision() -> bool:
     gen = torch.Generator().manual_seed(0)
     shape, exact = (2, 8, 13, 17), True
     xy = torch.rand(60, 2, generator=gen) * 70 - 8
@@ -191,8 +216,6 @@ def sparse_backward_is_exact() -> bool:
             ours = _sparse_backward(grad, rois, shape, (7, 7), 0.25, ratio, aligned)
             theirs = _backward(grad, rois, shape, (7, 7), 0.25, ratio, aligned)
             exact &= torch.equal(ours.contiguous().view(torch.int32), theirs.view(torch.int32))
-    if not exact:
-        logger.warning("sparse RoIAlign backward differs from torchvision's here: not used")
     return exact
 
 
@@ -247,7 +270,10 @@ def roi_align(
         feature: [B, D, H, W]; rois: [R, 5] rows ``(image index, x1, y1, x2, y2)``.
 
     Returns:
-        [R, D, S, S], bit-identical to torchvision's, as is the gradient of ``feature``.
+        [R, D, S, S], bit-identical to torchvision's on every processor; the gradient of
+        ``feature`` is too on the threaded path and, where its self-check passed, the sparse one
+        (``backward_path``), else within float rounding. bf16 / fp16 features pool in float32
+        (the kernels' dtype) and come back in their dtype.
     """
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     workers = max(1, min(torch.get_num_threads(), len(rois) // MIN_ROIS_PER_THREAD))
@@ -260,6 +286,7 @@ def roi_align(
         return pooled.to(feature.dtype)
     feature = feature.contiguous()
     rois = rois.to(feature.dtype)
-    return _RoIAlign.apply(
-        feature, rois, size, float(spatial_scale), int(sampling_ratio), bool(aligned), workers
-    )
+    with torch.autocast("cpu", enabled=False):  # float32 in, float32 kernels (main thread too)
+        return _RoIAlign.apply(
+            feature, rois, size, float(spatial_scale), int(sampling_ratio), bool(aligned), workers
+        )

@@ -10,13 +10,17 @@ import torch
 from torch import Tensor, nn
 
 from rcnn.errors import CheckpointError
+from rcnn.integrity import verify_checksum
 
 __all__ = ["load_state_dict_checked", "load_torchvision", "read_state_dict"]
 
 
 def read_state_dict(source: Mapping[str, Any] | str | os.PathLike) -> dict[str, Tensor]:
-    """A state dict from a mapping or a file (a bare state dict or a checkpoint with ``model``)."""
+    """A state dict from a mapping or a file (a bare state dict or a checkpoint with ``model``,
+    whose checksum is verified)."""
+    source_name = "(in memory)"
     if isinstance(source, (str, os.PathLike)):
+        source_name = os.fspath(source)
         path = os.fspath(source)
         if path.startswith(("http://", "https://")):
             raise CheckpointError(
@@ -31,6 +35,7 @@ def read_state_dict(source: Mapping[str, Any] | str | os.PathLike) -> dict[str, 
             raise CheckpointError(f"{path}: cannot read as a PyTorch state dict ({exc})") from exc
     if not isinstance(source, Mapping):
         raise CheckpointError(f"expected a state dict (a mapping), got {type(source).__name__}")
+    verify_checksum(source, f"weight file {source_name}")
     if "model" in source and isinstance(source["model"], Mapping):
         source = source["model"]
     return dict(source)

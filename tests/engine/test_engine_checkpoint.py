@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import random
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from rcnn.engine import checkpoint as ckpt
-from rcnn.errors import CheckpointError
+from rcnn.errors import CheckpointError, OutputError
 
 
 def _state(value: float) -> dict:
@@ -23,10 +25,11 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     def crash_mid_write(obj, handle, *args, **kwargs):
         handle.write(b"PK\x03\x04 half a zip")  # some bytes reach the temporary file
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash_mid_write)
-    with pytest.raises(OSError, match="disk full"):
+    folder = re.escape(str(tmp_path))
+    with pytest.raises(OutputError, match=f"^cannot write last.pth in folder {folder}: no space"):
         ckpt.save_checkpoint(path, _state(2.0))
     monkeypatch.setattr(torch, "save", real_save)
     loaded = ckpt.load_checkpoint(path)

@@ -90,7 +90,11 @@ def test_non_finite_loss_stops_with_iteration_terms_and_ids(tmp_path):
     assert f"non-finite loss at iteration {bad_at}: loss_box=inf" in text
     assert "loss_cls=" in text and "103" in text and str(tmp_path / "last.pth") in text
     saved = load_checkpoint(tmp_path / "last.pth")
-    assert saved["iteration"] == bad_at - 1
+    # the last state known to give a finite loss: the start of the step before the bad one
+    assert saved["iteration"] == max(bad_at - 2, 0)
+    assert (
+        f"rolled back to the last state with a finite loss (iteration {max(bad_at - 2, 0)})" in text
+    )
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from engine_tiny import TinyDetector, TinySet, tiny_config
 
-from rcnn.engine import precision
 from rcnn.engine.distributed import parse_gpus
 from rcnn.engine.train import train
 from rcnn.errors import UserError
+from rcnn.ops import precision
 
 CPU = torch.device("cpu")
 

@@ -1,14 +1,22 @@
 """Parity with torchvision: its four R50-FPN builders with seeded random weights vs ours loaded
-from their state dicts give the same detections on real images."""
+from their state dicts give the same detections on real images, within float rounding.
+
+On AMD Zen 3 (AVX2) the outputs are the same bits (asserted on AVX2 processors); on Intel Sapphire
+Rapids (AVX-512, AMX) scores differ by ~2e-5, enough to flip near-tied random-weight detections in
+NMS. So everywhere detections are matched one to one, matched ones must agree closely, and an
+unmatched one must be a near-tie flip (``detection_match``).
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from detection_match import Decisions, Dets, assert_same_detections
 from torch import nn
 from torchvision.models import detection
 
 from rcnn.models.layers import freeze_batchnorm
+from rcnn.ops.precision import cpu_isa
 from rcnn.weights import load_torchvision
 
 MIN_SIZE, MAX_SIZE, DETECTIONS = 200, 256, 20
@@ -91,15 +99,23 @@ def test_same_detections_as_torchvision(name, real_images):
     with torch.no_grad():
         theirs = theirs_model([img.float() / 255 for img in real_images])
     ours = ours_model(real_images)
+    decisions = Decisions(nms_thresh=0.5, score_thresh=0.05, cap=DETECTIONS)
     for image, t, o in zip(real_images, theirs, ours, strict=True):
         assert len(t["boxes"]) >= 5, f"only {len(t['boxes'])} detections: too few to compare"
-        assert len(o) == len(t["boxes"])
-        torch.testing.assert_close(o.boxes, t["boxes"], atol=1e-3, rtol=0)
-        torch.testing.assert_close(o.scores, t["scores"], atol=1e-4, rtol=0)
-        assert torch.equal(o.labels, t["labels"] - 1)
+        mine, reference = Dets(o.boxes, o.scores, o.labels), Dets(**t_dets(t))
+        pairs = assert_same_detections(mine, reference, decisions)
+        assert len(pairs) >= len(t["boxes"]) - 2
         if "mask" in name:
             assert o.masks.shape == (len(o), *image.shape[-2:]) and o.masks.dtype == torch.bool
-            assert bool((mask_iou(o.masks, t["masks"][:, 0] > 0.5) >= 0.99).all())
+            i, j = (list(index) for index in zip(*pairs, strict=True))
+            assert bool((mask_iou(o.masks[i], t["masks"][j, 0] > 0.5) >= 0.99).all())
             assert int(o.masks.sum()) > 0
         else:
             assert o.masks is None
+        if cpu_isa() == "AVX2":  # measured bit for bit on AMD Zen 3; not on AVX-512 / AMX
+            assert torch.equal(o.boxes, t["boxes"]) and torch.equal(o.scores, t["scores"])
+
+
+def t_dets(output: dict) -> dict:
+    """torchvision's output as ``Dets`` fields (labels without the background column)."""
+    return {"boxes": output["boxes"], "scores": output["scores"], "labels": output["labels"] - 1}
