@@ -9,7 +9,8 @@ mosaic to its test size (128 px short side) and its objects shrink below a pixel
         --width 2048 --height 1536 --tile 128 --overlap 0.25
 
 Prints recall (a ground-truth box matched by a detection of its class, IoU >= 0.5, score >=
-``--score``), precision, detections and seconds, for the plain model and the tiled one.
+``--score``), precision, detections and seconds, for the plain model, the tiled one, and the model
+on each pasted image alone (the reference: the best tiling could do with this model).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from rcnn.data import build_dataset
 from rcnn.engine.checkpoint import load_model
 from rcnn.engine.tiling import TiledPredictor
 from rcnn.models.shapes_preset import IMAGE_SIZE, NUM_TRAIN
+from rcnn.structures import Detections
 
 
 def make_mosaic(width: int, height: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """uint8 ``[3, H, W]`` mosaic of shapes val images, its boxes ``[N, 4]`` and labels ``[N]``."""
+    """uint8 ``[3, H, W]`` mosaic of shapes val images, its boxes ``[N, 4]`` and labels ``[N]``;
+    the pasted images start every ``IMAGE_SIZE`` pixels from the top-left corner."""
     dataset = build_dataset(
         "shapes", "val", num_train=NUM_TRAIN, num_val=100, image_size=IMAGE_SIZE
     )
@@ -60,6 +63,23 @@ def recall_precision(dets, boxes, labels, score: float) -> tuple[float, float, i
     return hits / max(len(boxes), 1), hits / max(len(pred), 1), len(pred)
 
 
+class _PerSource:
+    """The model on each pasted ``IMAGE_SIZE`` image separately: what the model finds at its
+    own scale with no tiling question (the reference for the tiled row)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, images: list[torch.Tensor]) -> list[Detections]:
+        mosaic = images[0]
+        parts = []
+        for y in range(0, mosaic.shape[1] - IMAGE_SIZE + 1, IMAGE_SIZE):
+            for x in range(0, mosaic.shape[2] - IMAGE_SIZE + 1, IMAGE_SIZE):
+                dets = self.model([mosaic[:, y : y + IMAGE_SIZE, x : x + IMAGE_SIZE]])[0]
+                parts.append((dets.boxes + torch.tensor([x, y, x, y]), dets.scores, dets.labels))
+        return [Detections(*(torch.cat(column) for column in zip(*parts, strict=True)))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
@@ -77,7 +97,9 @@ def main() -> None:
           f"{float((boxes[:, 2:] - boxes[:, :2]).min(1).values.median()):.0f} px)")  # fmt: skip
     tiled = TiledPredictor(model, args.tile, args.overlap, max_detections=20 * len(boxes))
     print("| inference | recall | precision | detections | seconds |\n|---|---|---|---|---|")
-    for name, predictor in (("whole image", model), (f"tiles {args.tile}/{args.overlap}", tiled)):
+    runs = [("whole image", model), (f"tiles {args.tile}, overlap {args.overlap}", tiled),
+            ("each pasted image alone (reference)", _PerSource(model))]  # fmt: skip
+    for name, predictor in runs:
         start = time.perf_counter()
         dets = predictor([mosaic])[0]
         seconds = time.perf_counter() - start
