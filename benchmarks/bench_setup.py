@@ -18,7 +18,7 @@ from torchvision.models import detection
 
 from rcnn.models.layers import freeze_batchnorm
 from rcnn.structures import Targets
-from rcnn.weights import load_torchvision
+from rcnn.zoo import load_torchvision
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fruits_nuts"
 NUM_CLASSES = 91  # torchvision's COCO builders (background included)

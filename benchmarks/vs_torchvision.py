@@ -7,17 +7,22 @@ Run from the repository root::
     .venv/bin/python -m benchmarks.vs_torchvision --json results.json
 
 Per (arch, size): torchvision's builder with seeded random weights (BN statistics from one batch,
-then FrozenBN, stem + layer1 frozen: a real fine-tune); ours from its state dict via
-``load_torchvision``, and ``ours_fast``, ours with the speed options. They run ALTERNATELY in one
-process on the same real images (fruits_nuts photos stretched to the size), so machine noise hits
-all: inference (batch 1, score threshold 0, 100 detections, checked against torchvision's) and a
-training step (batch 2, SGD). Reported: median (min-max) seconds, ratio torchvision / ours, FLOPs
-(``torch.utils.flop_counter``), our achieved fraction of the measured matmul peak, and peak
-memory: on CPU the peak RSS (``VmHWM``, ``peak_rss_gb``) of a fresh child process per
-model that builds it and runs two training steps (torch's CPU allocations are invisible to
-tracemalloc, and one process cannot tell two models' peaks apart). On a GPU: AMP (bfloat16
-autocast) for all, ours_fast channels-last with a compiled backbone, images/s, and
-``torch.cuda.max_memory_allocated``.
+then FrozenBN, stem + layer1 frozen: a real fine-tune) in float32 (``torchvision``) and under
+bf16 autocast (``torchvision_bf16``: what a torchvision user can do on the CPU); ours from its
+state dict via ``load_torchvision`` (``ours``: the default, exact model) and ``ours_fast``, ours
+with the speed options and ``amp="auto"`` (``rcnn.models.fast.optimize``: bf16 autocast where the
+processor has bf16 natively, AMX or AVX512-BF16, for inference and the training step alike;
+float32 elsewhere). The header names the processor and its widest ISA (AVX2 / AVX-512 / AMX).
+They run ALTERNATELY in one process on the same real images (fruits_nuts photos stretched to the
+size), so machine noise hits all: inference (batch 1, score threshold 0, 100 detections, checked
+against torchvision's) and a training step (batch 2, SGD). ``--models`` picks a subset (bf16 on a
+processor without it is emulated and very slow: torch falls back to its reference convolution).
+Reported: median (min-max) seconds, ratio torchvision / each, FLOPs (``torch.utils.flop_counter``),
+the achieved fraction of the measured fp32 matmul peak, and peak memory: on CPU the peak RSS
+(``VmHWM``, ``peak_rss_gb``) of a fresh child process per model that builds it and runs two training
+steps (torch's CPU allocations are invisible to tracemalloc, and one process cannot tell two models'
+peaks apart). On a GPU: AMP (bfloat16 autocast) for all, ours_fast channels-last with a compiled
+backbone, images/s, and ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -42,12 +47,17 @@ from benchmarks import bench_setup as bs
 from rcnn.engine.runtime import keep_freed_memory
 from rcnn.models.fast import optimize
 from rcnn.ops import roi_align as roi_align_module
+from rcnn.ops.precision import cpu_isa, cpu_name, resolve_amp
+from rcnn.structures import Detections
 
 OPTIONS = ("fold_bn", "channels_last", "compile_backbone")
 # ours_fast's options when --options is not given: the issue's GPU setup compiles the backbone
 # (never measured: no GPU lent yet); on the project's 2-core CPU compiling gained nothing
 # measurable and costs about a minute per model and size (benchmarks/README.md)
 DEFAULT_OPTIONS = {"cpu": "fold_bn,channels_last", "cuda": "fold_bn,channels_last,compile_backbone"}
+MODELS = ("torchvision", "torchvision_bf16", "ours", "ours_fast")
+# the autocast of each model on the CPU (on a GPU every model runs under bf16 AMP)
+CPU_AMP = {"torchvision_bf16": "bf16", "ours_fast": "auto"}
 
 
 def device_kind() -> torch.device:
@@ -59,10 +69,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device):
+def autocast(device: torch.device, name: str):
+    """The autocast model ``name`` runs under: bf16 AMP on a GPU; on the CPU ``CPU_AMP``."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    dtype = resolve_amp(CPU_AMP.get(name, "off"), device)
+    return nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype)
 
 
 def matmul_peak(device: torch.device, n: int = 2048, reps: int = 20) -> float:
@@ -92,15 +104,15 @@ class Runner:
     def infer(self):
         self.model.eval()
         sample = self.samples[0]
-        with torch.inference_mode(), autocast(self.device):
-            if self.name == "torchvision":
+        with torch.inference_mode(), autocast(self.device, self.name):
+            if self.name.startswith("torchvision"):
                 return self.model([sample.image_float.to(self.device)])[0]
             return self.model([sample.image])[0]
 
     def train_step(self) -> float:
         self.model.train()
-        with autocast(self.device):
-            if self.name == "torchvision":
+        with autocast(self.device, self.name):
+            if self.name.startswith("torchvision"):
                 images = [s.image_float.to(self.device) for s in self.samples]
                 targets = [
                     {k: v.to(self.device) for k, v in bs.target_for(s, self.arch).items()}
@@ -123,26 +135,35 @@ class Runner:
         return time.perf_counter() - start
 
 
-def build_models(arch: str, size: tuple[int, int], options: str) -> tuple[list, dict]:
-    """(samples, {name: model}) from the same seeded, calibrated weights: torchvision's, ours
-    (exact: the default model) and, when ``options`` names any, ours with those speed options."""
+def build_models(
+    arch: str, size: tuple[int, int], options: str, names: list[str]
+) -> tuple[list, dict]:
+    """(samples, {name: model}) of ``names`` (``MODELS``) from the same seeded, calibrated
+    weights; each model its own copy (the training steps change them)."""
     samples = bs.load_samples(size)
     theirs = bs.build_torchvision(arch, samples, size)
-    models = {"torchvision": theirs, "ours": bs.build_ours(arch, theirs, size)}
-    if options:
-        models["ours_fast"] = optimize_ours(bs.build_ours(arch, theirs, size), options)
+    state = theirs.state_dict()
+    models = {}
+    for name in names:
+        if name == "torchvision":
+            models[name] = theirs
+        elif name == "torchvision_bf16":
+            models[name] = bs.load_torchvision_model(arch, state, size)
+        elif name == "ours":
+            models[name] = bs.build_ours(arch, theirs, size)
+        else:
+            models[name] = optimize_ours(bs.build_ours(arch, theirs, size), options)
     return samples, models
 
 
 def optimize_ours(model, options: str):
-    """``rcnn.models.fast.optimize`` with the comma list ``options`` (empty: plain model)."""
+    """``rcnn.models.fast.optimize(amp="auto")`` with the comma list ``options`` of the other
+    speed options."""
     names = {o for o in options.split(",") if o}
     unknown = names - set(OPTIONS)
     if unknown:
         raise SystemExit(f"unknown --options {sorted(unknown)}; expected some of {OPTIONS}")
-    if not names:
-        return model
-    return optimize(model, **{name: name in names for name in OPTIONS})
+    return optimize(model, amp="auto", **{name: name in names for name in OPTIONS})
 
 
 def alternate(runners: list[Runner], what: str, repeats: int) -> dict[str, list[float]]:
@@ -195,7 +216,7 @@ def child_main(spec: str) -> None:
     device = torch.device("cpu")
     samples = bs.load_samples(size)
     state = torch.load(path, weights_only=True)
-    if impl == "torchvision":
+    if impl.startswith("torchvision"):
         model = bs.load_torchvision_model(arch, state, size)
     else:
         model = bs.build_ours_from_state(arch, state, size)
@@ -240,7 +261,7 @@ def summary(times: list[float]) -> dict:
 
 def bench_one(arch: str, size: tuple[int, int], args, device: torch.device, peak: float) -> dict:
     """All numbers of one (arch, size): inference and training of every model."""
-    samples, models = build_models(arch, size, args.options)
+    samples, models = build_models(arch, size, args.options, args.models.split(","))
     row = {"arch": bs.ARCHS[arch], "size": f"{size[0]}x{size[1]}", "device": device.type}
     row["models"] = list(models)
     row["load_before"] = os.getloadavg()
@@ -251,9 +272,9 @@ def bench_one(arch: str, size: tuple[int, int], args, device: torch.device, peak
     theirs = {
         k: v.float().cpu() if k != "labels" else v.cpu() for k, v in outputs["torchvision"].items()
     }
-    row["detections"] = len(outputs["ours"])
+    row["detections"] = len(as_detections(outputs[runners[-1].name]))
     row["same_outputs"] = {
-        name: bs.same_detections(theirs, out.to("cpu"), size)
+        name: bs.same_detections(theirs, as_detections(out).to("cpu"), size)
         for name, out in outputs.items()
         if name != "torchvision"
     }
@@ -270,9 +291,24 @@ def bench_one(arch: str, size: tuple[int, int], args, device: torch.device, peak
             row["gpu_peak_gb"][runner.name] = torch.cuda.max_memory_allocated(device) / 2**30
     row["load_after"] = os.getloadavg()
     row["matmul_peak_gflops"] = peak
-    ours = runners[1]  # FLOPs last: the counted training step changes the weights
+    # FLOPs last (the counted training step changes the weights), of the plain model where run
+    ours = next((r for r in runners if r.name == "ours"), runners[-1])
     row["gflops"] = {"infer": count_flops(ours.infer), "train": count_flops(ours.train_step)}
     return row
+
+
+def as_detections(output) -> Detections:
+    """Ours as they are; torchvision's dict as ``Detections`` in float32 (labels without the
+    background column, masks thresholded at 0.5)."""
+    if isinstance(output, Detections):
+        return output
+    masks = output.get("masks")
+    return Detections(
+        output["boxes"].float(),
+        output["scores"].float(),
+        output["labels"] - 1,
+        None if masks is None else masks[:, 0].float() > 0.5,
+    )
 
 
 def fmt(s: dict) -> str:
@@ -339,6 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="480x640,800x1066", help="comma list of HxW")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per model and mode")
     parser.add_argument("--no-train", action="store_true", help="inference only")
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma list of {MODELS} (torchvision first)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS children")
     parser.add_argument(
         "--options",
@@ -366,12 +405,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.options is None:
         args.options = DEFAULT_OPTIONS[device.type]
     peak = matmul_peak(device)
+    auto = resolve_amp("auto", device)
     header = (
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"device {device.type}"
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_name()} ({cpu_isa()}, "
+        f"{platform.machine()}), {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), device {device.type}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f"; fp32 matmul peak {peak:.0f} GFLOP/s; ours_fast = ours + options '{args.options}'"
+        + f" + amp auto ({'float32' if auto is None else str(auto).split('.')[-1]} here)"
         + f"; malloc {'keeps freed memory (rcnn)' if malloc_kept else 'system defaults'}"
     )
     print(header, flush=True)

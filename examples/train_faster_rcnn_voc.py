@@ -36,7 +36,6 @@ from _tutorial import (
 
 from rcnn.data import TrainTransform, ValTransform, build_dataset
 from rcnn.data.loader import build_test_loader, build_train_loader
-from rcnn.data.rpn_targets import RPNTargetTransform
 from rcnn.data.transforms import resized_size
 from rcnn.engine.optim import build_optimizer
 from rcnn.models.box_head import box_losses
@@ -179,12 +178,12 @@ def network_section(args, class_names, summary: dict):
                       image_size=size, orig_size=size)  # fmt: skip
     print("data:", tuple(x.shape))
     summary["train_mode_image"] = shape(x)
-    out = net([x], [targets], return_intermediates=True)
-    print_intermediates(out["intermediates"], summary)
+    _, intermediates = net([x], [targets], return_intermediates=True)
+    print_intermediates(intermediates, summary)
     return net
 
 
-# GluonCV's train-mode outputs -> our "intermediates" keys (one image here, so B = 1)
+# GluonCV's train-mode outputs -> the keys of our intermediates (one image here, so B = 1)
 GLUONCV_NAMES = {
     "cls_pred": "rcnn_cls_logits",  # [R, C+1] (GluonCV [B, R, C+1])
     "box_pred": "rcnn_box_deltas",  # [R, 4C]
@@ -224,9 +223,8 @@ def losses_section() -> None:
         print(f"{name}: {fn.__module__}.{fn.__name__}")
 
 
-def recompute_losses(net, losses: dict) -> dict[str, float]:
+def recompute_losses(net, inter: dict) -> dict[str, float]:
     """The four losses recomputed from the intermediates, as the tutorial's loop does by hand."""
-    inter = losses["intermediates"]
     rpn = rpn_losses(inter["rpn_logits"], inter["rpn_deltas"], inter["rpn_labels"],
                      box_targets=inter["rpn_box_targets"],
                      beta=net.cfg.rpn.smooth_l1_beta)  # fmt: skip
@@ -239,9 +237,10 @@ def recompute_losses(net, losses: dict) -> dict[str, float]:
 def targets_sections(args, net, train_dataset, summary: dict):
     heading("RPN training targets")
     # To speed up training, the CPU workers pre-compute the RPN targets: GluonCV passes the
-    # network to its train transform; ours wraps the train transform with the network's config
-    # (same anchors, same RPNTargetGenerator as the model) and attaches Targets.rpn_targets.
-    train_dataset.transform = RPNTargetTransform(net.cfg, TrainTransform(args.short, args.max_size))
+    # network to its train transform; ours wraps the train transform with the network's
+    # rpn_target_transform (same anchors, same RPNTargetGenerator as the model) and attaches
+    # Targets.rpn_targets.
+    train_dataset.transform = net.rpn_target_transform(TrainTransform(args.short, args.max_size))
     batch_size = 1  # for the next part, we only use batch size 1
     train_loader = build_train_loader(
         train_dataset, batch_size=batch_size, num_workers=args.num_workers, seed=args.seed
@@ -254,16 +253,16 @@ def targets_sections(args, net, train_dataset, summary: dict):
         "data": images[0],
         "box": targets[0].boxes,
         "label": targets[0].labels,
-        "rpn cls label": rpn["labels"],  # -1 marks ignored label
-        "rpn box label": rpn["box_targets"],
-        "rpn box mask": rpn["box_weights"],  # mask out ignored box label
+        "rpn cls label": rpn.labels,  # -1 marks ignored label
+        "rpn box label": rpn.box_targets,
+        "rpn box mask": rpn.box_weights,  # mask out ignored box label
     }
     print_rows(rows, summary, "rpn_targets")
     heading("RCNN training targets")
     # RCNN targets are generated from the intermediate outputs (proposals, matches) in train mode
     with torch.no_grad():
-        inter = net(images, targets, return_intermediates=True)["intermediates"]
-    used = torch.equal(inter["rpn_labels"][0], rpn["labels"].to(inter["rpn_labels"].device))
+        _, inter = net(images, targets, return_intermediates=True)
+    used = torch.equal(inter["rpn_labels"][0], rpn.labels.to(inter["rpn_labels"].device))
     print("the model used the loader's RPN targets:", used)
     rows = {
         "data": images[0],
@@ -295,8 +294,8 @@ def training_loop_section(args, net, batches, summary: dict) -> None:
     for step in range(args.steps):
         images, targets = next(batches)
         torch.manual_seed(args.seed + step)  # the same RPN / RoI sampling stream below
-        losses = net(images, targets, return_intermediates=True)
-        by_hand = recompute_losses(net, losses)
+        losses, inter = net(images, targets, return_intermediates=True)
+        by_hand = recompute_losses(net, inter)
         loss = total_loss(losses)
         optimizer.zero_grad()
         loss.backward()  # GluonCV: autograd.backward([rpn_loss1, rpn_loss2, ...])

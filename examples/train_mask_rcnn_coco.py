@@ -39,7 +39,6 @@ from _tutorial import (
 from rcnn.data import TrainTransform, ValTransform, build_dataset
 from rcnn.data import masks as tmask
 from rcnn.data.loader import build_test_loader, build_train_loader
-from rcnn.data.rpn_targets import RPNTargetTransform
 from rcnn.data.transforms import resized_size
 from rcnn.engine.optim import WarmupScheduler, build_optimizer
 from rcnn.models.box_head import box_losses
@@ -198,12 +197,12 @@ def network_section(args, class_names, summary: dict):
                       orig_size=size, masks=[[np.zeros(6)]])  # fmt: skip
     print("data:", tuple(x.shape))
     summary["train_mode_image"] = shape(x)
-    out = net([x], [targets], return_intermediates=True)
-    print_intermediates(out["intermediates"], summary)
+    _, intermediates = net([x], [targets], return_intermediates=True)
+    print_intermediates(intermediates, summary)
     return net
 
 
-# GluonCV's train-mode outputs -> our "intermediates" keys (see train_faster_rcnn_voc.py)
+# GluonCV's train-mode outputs -> the keys of our intermediates (see train_faster_rcnn_voc.py)
 GLUONCV_NAMES = {
     "cls_preds": "rcnn_cls_logits",
     "box_preds": "rcnn_box_deltas",
@@ -241,10 +240,10 @@ def losses_section() -> None:
 def targets_section(args, net, train_dataset, summary: dict):
     heading("Training targets")
     # We also push RPN targets computation to CPU workers: GluonCV passes the network to the
-    # transform; ours wraps the train transform with the network's config (RPNTargetTransform).
+    # transform; ours wraps the train transform (net.rpn_target_transform).
     # deviation from gluoncv: the RCNN and mask targets come back as intermediates of the
     # forward pass instead of ``net.target_generator`` / ``net.mask_target`` calls.
-    train_dataset.transform = RPNTargetTransform(net.cfg, TrainTransform(args.short, args.max_size))
+    train_dataset.transform = net.rpn_target_transform(TrainTransform(args.short, args.max_size))
     batch_size = 1  # for the next part, we only use batch size 1
     train_loader = build_train_loader(
         train_dataset, batch_size=batch_size, num_workers=args.num_workers, seed=args.seed
@@ -253,15 +252,15 @@ def targets_section(args, net, train_dataset, summary: dict):
     images, targets = next(batches)
     rpn = targets[0].rpn_targets
     with torch.no_grad():
-        inter = net(images, targets, return_intermediates=True)["intermediates"]
-    summary["rpn_targets_used"] = torch.equal(inter["rpn_labels"][0], rpn["labels"])
+        _, inter = net(images, targets, return_intermediates=True)
+    summary["rpn_targets_used"] = torch.equal(inter["rpn_labels"][0], rpn.labels)
     rows = {
         "data": images[0],
         "box": targets[0].boxes,
         "label": targets[0].labels,
-        "rpn cls label": rpn["labels"],  # -1 marks ignored label
-        "rpn box label": rpn["box_targets"],
-        "rpn box mask": rpn["box_weights"],  # mask out ignored box label
+        "rpn cls label": rpn.labels,  # -1 marks ignored label
+        "rpn box label": rpn.box_targets,
+        "rpn box mask": rpn.box_weights,  # mask out ignored box label
         "rcnn cls label": inter["rcnn_cls_targets"],  # rcnn does not have ignored label
         "rcnn box label": inter["rcnn_box_targets"],
         "rcnn box mask": inter["rcnn_box_weights"],
@@ -280,9 +279,8 @@ def targets_section(args, net, train_dataset, summary: dict):
     return batches
 
 
-def recompute_losses(net, losses: dict) -> dict[str, float]:
+def recompute_losses(net, inter: dict) -> dict[str, float]:
     """RPN and RCNN losses recomputed from the intermediates, as the tutorial's loop does."""
-    inter = losses["intermediates"]
     rpn = rpn_losses(inter["rpn_logits"], inter["rpn_deltas"], inter["rpn_labels"],
                      box_targets=inter["rpn_box_targets"],
                      beta=net.cfg.rpn.smooth_l1_beta)  # fmt: skip
@@ -306,8 +304,8 @@ def training_loop_section(args, net, batches, summary: dict) -> None:
     for step in range(args.steps):
         images, targets = next(batches)
         torch.manual_seed(args.seed + step)
-        losses = net(images, targets, return_intermediates=True)
-        by_hand = recompute_losses(net, losses)
+        losses, inter = net(images, targets, return_intermediates=True)
+        by_hand = recompute_losses(net, inter)
         loss = total_loss(losses)
         optimizer.zero_grad()
         loss.backward()  # GluonCV: autograd.backward([rpn_loss1, ..., mask_loss])

@@ -20,11 +20,11 @@ declaring its range.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -33,6 +33,10 @@ import yaml
 
 from rcnn.errors import UserError
 from rcnn.fileio import write_text
+from rcnn.models.config import ModelConfig
+from rcnn.values import check_values, checked
+
+__all__ = ["TrainConfig", "check_values", "checked"]  # the value checks: rcnn/values.py
 
 # Keys that may differ between a run and its ``--resume``: they change neither the model nor the
 # optimisation trajectory (``epochs``/``max_iters`` only extend or shorten it).
@@ -52,76 +56,6 @@ RESUMABLE_KEYS = frozenset(
         "gpus",
     }
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# value checks: every number and every closed set of strings declares what it accepts next to its
-# field (``checked``), and one function (``check_values``) enforces it for the whole tree, so a
-# new option inherits the check by declaring its range.
-
-_INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
-
-
-def checked(default: Any, accepts: str | tuple[str, ...], *, nonempty: bool = False) -> Any:
-    """A dataclass field whose value (each item, for a list or tuple) must lie in ``accepts``:
-    an interval such as ``"(0, 1]"`` or ``"[1, inf)"``, or a tuple of the allowed strings;
-    ``nonempty``: a list or tuple that needs at least one item."""
-    if isinstance(accepts, str):
-        _parse_range(accepts)  # a typo in a declaration fails at import, not at a user's run
-    return field(default=default, metadata={"accepts": accepts, "nonempty": nonempty})
-
-
-def _parse_range(text: str) -> tuple[bool, float, float, bool]:
-    match = _INTERVAL.match(text)
-    if match is None:
-        raise ValueError(f"not an interval: {text!r} (e.g. '(0, 1]', '[1, inf)')")
-    left, low, high, right = match.groups()
-    return left == "[", float(low), float(high), right == "]"
-
-
-def _in_range(value: float, accepts: str) -> bool:
-    closed_low, low, high, closed_high = _parse_range(accepts)
-    above = value >= low if closed_low else value > low
-    below = value <= high if closed_high else value < high
-    return above and below
-
-
-def _leaves(value: Any) -> list[Any]:
-    if isinstance(value, (list, tuple)):
-        return [leaf for item in value for leaf in _leaves(item)]
-    return [value]
-
-
-def check_values(obj: Any, prefix: str = "") -> None:
-    """Check every field of dataclass ``obj`` (and of the dataclasses inside it) against its
-    declared range or choices; floats must be finite everywhere.
-
-    Raises:
-        UserError: ``config: <dotted key>=<value> is out of range <interval>`` (or not one of the
-            choices, or not finite), naming the first bad value.
-    """
-    for spec in dataclasses.fields(obj):
-        value, key = getattr(obj, spec.name), f"{prefix}{spec.name}"
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            check_values(value, prefix=f"{key}.")
-            continue
-        accepts = spec.metadata.get("accepts")
-        if spec.metadata.get("nonempty") and not _leaves(value):
-            raise UserError(f"config: {key}={_shown(value)} needs at least one value")
-        for leaf in _leaves(value):
-            if isinstance(leaf, float) and not math.isfinite(leaf):
-                raise UserError(f"config: {key}={_shown(value)} must be a finite number")
-            if accepts is None:
-                continue
-            if isinstance(accepts, tuple) and leaf not in accepts:
-                choices = ", ".join(repr(c) for c in accepts)
-                raise UserError(f"config: {key}={_shown(value)} must be one of {choices}")
-            if isinstance(accepts, str) and not _in_range(leaf, accepts):
-                raise UserError(f"config: {key}={_shown(value)} is out of range {accepts}")
-
-
-def _shown(value: Any) -> str:
-    return str(list(value)) if isinstance(value, tuple) else str(value)
 
 
 @dataclass
@@ -184,7 +118,7 @@ class TrainConfig:
     # [lo, hi] large-scale jitter factors; empty = off (two values checked in ``validate``)
     scale_jitter: list[float] = field(default_factory=list, metadata={"accepts": "(0, inf)"})
     dataset_options: dict[str, Any] = field(default_factory=dict)
-    model: Any = None
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first value that cannot work: every field's declared
@@ -257,15 +191,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _model_config_class() -> type:
-    from rcnn.models.config import ModelConfig
-
-    return ModelConfig
-
-
 def _field_type(obj: Any, name: str) -> Any:
-    if isinstance(obj, TrainConfig) and name == "model":
-        return _model_config_class()
     return _hints(type(obj))[name]
 
 
@@ -323,7 +249,9 @@ def _coerce_sequence(value: Any, annotation: Any, key: str) -> Any:
     return tuple(items) if origin is tuple else items
 
 
-def _parse_yaml(text: str, key: str) -> Any:
+def _parse_yaml(text: Any, key: str) -> Any:
+    if not isinstance(text, str) or not text.strip():
+        return text
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -373,21 +301,36 @@ def from_dict(cls: type, data: dict[str, Any], *, prefix: str = "") -> Any:
     return obj
 
 
-def apply_dict(obj: Any, data: dict[str, Any], *, prefix: str = "") -> None:
-    """Set the fields of dataclass ``obj`` from ``data`` in place (nested dicts recurse)."""
+def apply_dict(obj: Any, data: dict[str, Any], *, prefix: str = "", text: bool = False) -> None:
+    """Set the fields of dataclass ``obj`` from ``data`` in place (nested dicts recurse).
+
+    Nested dataclasses and free-form dict fields (``dataset_options``) are updated key by key; a
+    value that is not a dict replaces the field. ``text=True``: string leaves are command-line
+    text (``--set``), so free-form entries are parsed as yaml (typed fields always are).
+    """
     for key, value in data.items():
         _check_key(obj, key, prefix)
         annotation = _field_type(obj, key)
         current = getattr(obj, key)
-        if isinstance(value, dict) and (
-            dataclasses.is_dataclass(current) or dataclasses.is_dataclass(annotation)
-        ):
+        if not isinstance(value, dict):
+            setattr(obj, key, coerce(value, annotation, f"{prefix}{key}"))
+        elif dataclasses.is_dataclass(current) or dataclasses.is_dataclass(annotation):
             if current is None:
                 current = annotation()
-            apply_dict(current, value, prefix=f"{prefix}{key}.")
+            apply_dict(current, value, prefix=f"{prefix}{key}.", text=text)
             setattr(obj, key, current)
+        elif isinstance(current, dict):
+            parse = text and _is_free_form(annotation)
+            where = f"{prefix}{key}."
+            current.update({k: _parse_yaml(v, where + k) if parse else v for k, v in value.items()})
         else:
-            setattr(obj, key, coerce(value, annotation, f"{prefix}{key}"))
+            raise UserError(f"config: '{prefix}{key}' has no sub-keys (set '{prefix}{key}')")
+
+
+def _is_free_form(annotation: Any) -> bool:
+    """A ``dict[str, Any]`` field: its entries are not typed, so command-line text is parsed."""
+    args = typing.get_args(annotation)
+    return not args or args[-1] is Any
 
 
 def nest_dotted(data: dict[str, Any]) -> dict[str, Any]:
@@ -414,26 +357,19 @@ def _check_key(obj: Any, key: str, prefix: str) -> None:
         )
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> None:
-    """Apply ``["a.b=value", ...]`` to ``cfg`` in place (values parsed as yaml, type-checked)."""
+def parse_override(item: str) -> dict[str, Any]:
+    """``"a.b=value"`` -> ``{"a": {"b": "value"}}`` (the value stays text; ``apply_dict`` with
+    ``text=True`` types it). The one parser of ``--set`` items."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r}: expected key=value (e.g. --set lr=0.02)")
+    return nest_dotted({key.strip(): raw})
+
+
+def apply_overrides(cfg: Any, overrides: Iterable[str]) -> None:
+    """Apply ``["a.b=value", ...]`` to ``cfg`` in place, in order (parsed, type-checked)."""
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected key=value (e.g. --set lr=0.02)")
-        *parents, leaf = key.strip().split(".")
-        obj, prefix = cfg, ""
-        for depth, name in enumerate(parents):
-            _check_key(obj, name, prefix)
-            child = getattr(obj, name)
-            if isinstance(child, dict) and depth == len(parents) - 1:
-                child[leaf] = yaml.safe_load(raw) if raw.strip() else raw  # free-form options
-                break
-            if not dataclasses.is_dataclass(child):
-                raise UserError(f"config: '{prefix}{name}' has no sub-keys (set '{key}')")
-            obj, prefix = child, f"{prefix}{name}."
-        else:
-            _check_key(obj, leaf, prefix)
-            setattr(obj, leaf, coerce(raw, _field_type(obj, leaf), key.strip()))
+        apply_dict(cfg, parse_override(item), text=True)
 
 
 def to_dict(obj: Any) -> Any:

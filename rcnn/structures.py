@@ -8,8 +8,11 @@ Conventions shared by every stage:
 - Labels are int64 in ``[0, num_classes)``; there is no background label outside the classifier.
 - Instance masks stay polygons or RLE (``InstanceMask``) until mask targets are cropped per RoI.
 
-dataset -> transform: ``Record``; transform -> loader -> model: ``(uint8 image [3,H,W], Targets)``;
-RPN -> RoI heads: ``Proposals``; model (eval) -> user/evaluator: ``Detections``.
+dataset -> transform: ``Record``; transform -> loader -> model: ``(uint8 image [3,H,W], Targets)``
+(optionally with ``RPNTargets`` attached in the data pipeline); RPN -> RoI heads: ``Proposals``;
+inside the RoI heads (docs/CONTRACTS.md): ``sample_rois`` -> ``SampledRoIs`` -> box branch ->
+``BoxPredictions`` -> ``HeadDetections`` (eval) and mask branch -> ``MaskPredictions``;
+model (eval) -> user/evaluator: ``Detections``.
 """
 
 from __future__ import annotations
@@ -68,6 +71,24 @@ class Record:
 
 
 @dataclass
+class RPNTargets:
+    """RPN training targets of the N anchors of one image (``RPNTargetGenerator``).
+
+    Attributes:
+        labels: int64 [N]: 1 positive, 0 negative, -1 not sampled / ignored.
+        box_targets: float32 [N, 4] encoded offsets (zero where ``labels != 1``).
+        box_weights: float32 [N, 4]: 1 on positives, 0 elsewhere (GluonCV's ``rpn_box_masks``).
+    """
+
+    labels: Tensor
+    box_targets: Tensor
+    box_weights: Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
 class Targets:
     """The ground truth of one image in the coordinates of the image tensor it travels with.
 
@@ -81,10 +102,9 @@ class Targets:
         orig_size: ``(H, W)`` of the image on disk.
         scale: current size / original size (the resize factor, same on both axes).
         flipped: whether a horizontal flip was applied.
-        rpn_targets: optional RPN targets attached in the data pipeline
-            (``rcnn.data.rpn_targets``): ``labels`` [A], ``box_targets`` [A, 4], ``box_weights``
-            [A, 4] for the A anchors of this image padded alone; the model uses them when its
-            anchors are the same set, and computes its own otherwise.
+        rpn_targets: optional ``RPNTargets`` attached in the data pipeline
+            (``rcnn.data.rpn_targets``) for the A anchors of this image padded alone; the model
+            uses them when its anchors are the same set, and computes its own otherwise.
     """
 
     boxes: Tensor
@@ -96,7 +116,7 @@ class Targets:
     masks: list[InstanceMask] | None = None
     scale: float = 1.0
     flipped: bool = False
-    rpn_targets: dict[str, Tensor] | None = None
+    rpn_targets: RPNTargets | None = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -167,3 +187,96 @@ class Detections:
         return Detections(
             self.boxes.to(device), self.scores.to(device), self.labels.to(device), masks
         )
+
+
+@dataclass
+class SampledRoIs:
+    """The RoIs of a training batch sampled for the box and mask heads (``sample_rois``).
+
+    Per-image lists (R_i RoIs of image i); every concatenation over images is in ``torch.cat``
+    order, which is the order of the heads' outputs.
+
+    Attributes:
+        rois: float32 [R_i, 4] XYXY in padded-batch image pixels (proposals and usable GT boxes).
+        gt_classes: int64 [R_i] in [0, C]: 0 background, c + 1 for class c (the classifier's
+            column).
+        matched: int64 [R_i] index of the matched ground truth in the image's ``Targets``
+            (meaningful where ``gt_classes > 0``).
+        box_targets: float32 [R_i, 4] encoded offsets to the matched box (zero on negatives).
+    """
+
+    rois: list[Tensor]
+    gt_classes: list[Tensor]
+    matched: list[Tensor]
+    box_targets: list[Tensor]
+
+    def __len__(self) -> int:
+        return sum(int(r.shape[0]) for r in self.rois)
+
+    def positives(self) -> list[Tensor]:
+        """Per image, int64 [P_i] indices of the positive RoIs (``gt_classes > 0``)."""
+        return [torch.where(classes > 0)[0] for classes in self.gt_classes]
+
+    def positive_rois(self) -> list[Tensor]:
+        """Per image, the [P_i, 4] positive RoIs (the mask head's training RoIs)."""
+        return [rois[pos] for rois, pos in zip(self.rois, self.positives(), strict=True)]
+
+
+@dataclass
+class BoxPredictions:
+    """The box branch's outputs for R RoIs (all images, ``torch.cat`` order).
+
+    Attributes:
+        cls_logits: [R, C+1] class logits, background at column 0.
+        box_deltas: [R, 4C] class-specific encoded offsets (no background slot).
+    """
+
+    cls_logits: Tensor
+    box_deltas: Tensor
+
+    def __len__(self) -> int:
+        return int(self.cls_logits.shape[0])
+
+
+@dataclass
+class MaskPredictions:
+    """The mask branch's outputs for P RoIs (positive RoIs in training, detections in inference).
+
+    Attributes:
+        logits: [P, C, M, M] class-specific mask logits (no background channel).
+        classes: int64 [P] in [0, C): the class whose channel counts (ground truth in training,
+            the predicted label in inference).
+    """
+
+    logits: Tensor
+    classes: Tensor
+
+    def __len__(self) -> int:
+        return int(self.logits.shape[0])
+
+    def class_logits(self) -> Tensor:
+        """[P, M, M] logits of each RoI's own class."""
+        index = torch.arange(len(self.classes), device=self.classes.device)
+        return self.logits[index, self.classes]
+
+
+@dataclass
+class HeadDetections:
+    """The RoI heads' detections of one image, in the resized image the network saw.
+
+    ``RCNN.predict`` rescales them to the user's image and pastes the masks (``Detections``).
+
+    Attributes:
+        boxes: float32 [N, 4] XYXY in resized-image pixels (clipped to the unpadded image).
+        scores: float32 [N] class probabilities, sorted descending.
+        labels: int64 [N] in [0, C).
+        mask_probs: float32 [N, M, M] mask probabilities in each box (Mask R-CNN), or None.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    mask_probs: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw, ImageFont
 
-from rcnn.data import masks as mask_ops
+from rcnn.ops.masks import instance_bitmap
 from rcnn.structures import Detections, Targets
 
 # 20 distinguishable colours (matplotlib's tab20), 0-255 RGB; class/instance i uses PALETTE[i % 20].
@@ -144,7 +144,7 @@ def _instances(instances: Detections | Targets, size: tuple[int, int], score_thr
         return boxes[keep], labels[keep], scores[keep], masks, np.zeros(int(keep.sum()), bool)
     masks = None
     if instances.masks is not None:
-        masks = [mask_ops.to_bitmap(m, *size).astype(bool) for m in instances.masks]
+        masks = [instance_bitmap(m, *size).astype(bool) for m in instances.masks]
         masks = np.stack(masks) if masks else np.zeros((0, *size), dtype=bool)
     return boxes, labels, None, masks, _to_numpy(instances.ignore).astype(bool)
 

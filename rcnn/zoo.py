@@ -1,4 +1,5 @@
-"""Model names -> preset configs and training recipes; ``get_model`` / ``list_models``.
+"""Model names -> preset configs and training recipes; ``get_model`` / ``list_models``; our
+model from a file of ours or a peer's (``get_model(pretrained=FILE)``, ``load_torchvision``).
 
 torchvision names reproduce torchvision's builders' defaults (``torchvision/models/detection``);
 GluonCV names reproduce GluonCV's model zoo (``gluoncv/model_zoo/model_zoo.py`` and the
@@ -14,9 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rcnn.errors import UserError
+from torch import Tensor
+
+from rcnn.config import apply_dict, nest_dotted
+from rcnn.data.voc import VOC_CLASSES
+from rcnn.errors import CheckpointError, UserError
+from rcnn.models.build import build_model
 from rcnn.models.config import DEFAULT_BOX_CLIP, ModelConfig
+from rcnn.models.rcnn import RCNN
+from rcnn.models.reset_class import pretrained_classes
 from rcnn.models.shapes_preset import SHAPES_RECIPE, shapes_model
+from rcnn.weights import load_state_dict_checked, read_state_dict
+from rcnn.weights import torchvision as tv
 
 logger = logging.getLogger(__name__)
 
@@ -252,16 +262,12 @@ def get_preset(name: str) -> Preset:
 def default_classes(name: str, cfg: ModelConfig) -> tuple[str, ...]:
     """COCO's 80 names for ``*_coco`` and torchvision presets, VOC's 20 for ``*_voc``."""
     if name.endswith("_voc"):
-        from rcnn.data.voc import VOC_CLASSES
-
         return tuple(VOC_CLASSES)
     return tuple(cfg.classes)
 
 
 def torchvision_hub_file(name: str) -> str:
     """torchvision's ``COCO_V1`` file of preset ``name`` in the torch hub cache, or a UserError."""
-    from rcnn.weights import torchvision as tv
-
     if name not in tv.BUILDERS:
         raise UserError(
             f"{name}: rcnn ships no weights and never downloads; only torchvision's builders "
@@ -278,6 +284,59 @@ def torchvision_hub_file(name: str) -> str:
     return path
 
 
+def peer_config_changes(state_dict: dict[str, Tensor], source) -> dict[str, Any]:
+    """Model-config changes (dotted keys) that a weight file in a peer's naming implies; {} for
+    ours. The one place that recognises peers' files (``rcnn.weights`` converters)."""
+    if tv.is_torchvision_state_dict(state_dict):
+        return tv.config_changes(state_dict, source)
+    return {}
+
+
+def build_with_weights(cfg: ModelConfig, state_dict: dict[str, Tensor], source) -> RCNN:
+    """Our model for ``cfg`` carrying ``state_dict`` (ours or a peer's naming, converted here).
+
+    Raises:
+        CheckpointError: missing / unexpected keys or wrong shapes, all listed.
+    """
+    cfg.backbone.pretrained_base = False
+    model = build_model(cfg)
+    if tv.is_torchvision_state_dict(state_dict):
+        state_dict = tv.convert_state_dict(state_dict, set(model.state_dict()))
+    load_state_dict_checked(model, state_dict, source=source)
+    return model
+
+
+def load_torchvision(
+    name: str,
+    state_dict_or_path,
+    *,
+    classes: list[str] | None = None,
+    norm_eps: float | None = None,
+) -> RCNN:
+    """Our model for torchvision builder ``name`` carrying the given torchvision weights.
+
+    Args:
+        name: one of ``rcnn.weights.torchvision.BUILDERS``.
+        state_dict_or_path: torchvision's ``model.state_dict()`` or a file holding it.
+        classes, norm_eps: see ``rcnn.weights.torchvision.config_changes`` (default: the file's
+            class count with torchvision's COCO names for 90; epsilon 0 for its published v1
+            files).
+
+    Raises:
+        CheckpointError: an unknown builder; missing / unexpected keys or wrong shapes, all listed.
+    """
+    if name not in tv.BUILDERS:
+        raise CheckpointError(
+            f"unknown torchvision builder {name!r}; expected one of {tv.BUILDERS}"
+        )
+    source = state_dict_or_path if isinstance(state_dict_or_path, str) else name
+    state_dict = read_state_dict(state_dict_or_path)
+    changes = tv.config_changes(state_dict, state_dict_or_path, classes=classes, norm_eps=norm_eps)
+    cfg = get_preset(name).model
+    apply_dict(cfg, nest_dotted(changes), prefix="model.")
+    return build_with_weights(cfg, state_dict, source)
+
+
 def get_model(
     name: str,
     *,
@@ -285,7 +344,7 @@ def get_model(
     pretrained_base: bool = True,
     classes=None,
     overrides: dict[str, Any] | None = None,
-):
+) -> RCNN:
     """Build model ``name`` (an ``RCNN``), optionally loading full weights from a local file.
 
     Args:
@@ -301,38 +360,28 @@ def get_model(
         overrides: model config values to change, by dotted key (``{"backbone.name": "resnet18",
             "input.test_short": 600}``) or nested dicts, checked as ``rcnn train --set model.*``.
     """
-    from rcnn.config import apply_dict, nest_dotted
-    from rcnn.models.build import build_model
-    from rcnn.models.reset_class import pretrained_classes
-    from rcnn.weights import load_state_dict_checked, read_state_dict
-    from rcnn.weights import torchvision as tv
-
     cfg = get_preset(name).model
     overridden = nest_dotted(overrides or {})
-    if overridden:
-        apply_dict(cfg, overridden, prefix="model.")
+    apply_dict(cfg, overridden, prefix="model.")
     preset_classes = default_classes(name, cfg)
     cfg.classes = tuple(classes) if classes is not None else preset_classes
     if pretrained is True:
         pretrained = torchvision_hub_file(name)
-    cfg.backbone.pretrained_base = bool(pretrained_base) and not pretrained
-    if pretrained:  # build with the file's classes, then keep those whose names carry over
-        state_dict = read_state_dict(pretrained)
-        from_torchvision = "rpn.head.cls_logits.weight" in state_dict  # torchvision's naming
-        if from_torchvision:
-            rows = state_dict.get("roi_heads.box_predictor.cls_score.weight")
-            if rows is not None and len(rows) == tv.COCO_LABELS + 1:
-                preset_classes = tv.coco_label_names()
-            eps = tv.published_norm_eps(pretrained)
-            if eps is not None and "norm_eps" not in overridden.get("backbone", {}):
-                cfg.backbone.norm_eps = eps
-        trained = pretrained_classes(pretrained, state_dict, preset_classes)
-        wanted, cfg.classes = (cfg.classes if classes is not None else trained), trained
-    model = build_model(cfg)
-    if pretrained:
-        if from_torchvision:
-            state_dict = tv.convert_state_dict(state_dict, set(model.state_dict()))
-        load_state_dict_checked(model, state_dict, source=os.fspath(pretrained))
-        if list(wanted) != model.class_names:
-            model.reset_class(wanted, reuse_weights=[c for c in wanted if c in trained])
+    if not pretrained:
+        cfg.backbone.pretrained_base = bool(pretrained_base)
+        return build_model(cfg)
+    # build with the file's classes, then keep those whose names carry over
+    state_dict = read_state_dict(pretrained)
+    changes = peer_config_changes(state_dict, pretrained)
+    if "norm_eps" in overridden.get("backbone", {}):  # the caller's epsilon wins
+        changes.pop("backbone.norm_eps", None)
+    peer_classes = changes.pop("classes", None)
+    if peer_classes is not None and len(peer_classes) == tv.COCO_LABELS:
+        preset_classes = peer_classes
+    apply_dict(cfg, nest_dotted(changes), prefix="model.")
+    trained = pretrained_classes(pretrained, state_dict, preset_classes)
+    wanted, cfg.classes = (cfg.classes if classes is not None else trained), trained
+    model = build_with_weights(cfg, state_dict, os.fspath(pretrained))
+    if list(wanted) != model.class_names:
+        model.reset_class(wanted, reuse_weights=[c for c in wanted if c in trained])
     return model

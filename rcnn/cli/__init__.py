@@ -1,4 +1,4 @@
-"""The ``rcnn`` command: ``rcnn train | eval | predict | check``.
+"""The ``rcnn`` command: ``rcnn train | eval | predict | check | export | serve``.
 
 Each sub-command lives in its own module of this package with two functions:
 ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code). Errors a user can fix are raised
@@ -23,6 +23,8 @@ COMMANDS = {
     "eval": "Evaluate a checkpoint or a detections file (COCO AP, VOC07/VOC12 mAP).",
     "predict": "Run a model on images, folders or globs; write overlays and COCO results.",
     "check": "Validate a COCO or VOC dataset and report every problem.",
+    "export": "Write a model as an ONNX file (dynamic batch and size, checked by onnxruntime).",
+    "serve": "Serve a model over HTTP with a web page to try it (FastAPI + uvicorn).",
 }
 
 

@@ -14,6 +14,7 @@ from rcnn.cli.data_options import add_data_arguments, data_options
 from rcnn.data.check import build_report, format_report, parse_for_check, save_pictures
 from rcnn.data.records import outside_root_allowed
 from rcnn.errors import DatasetError
+from rcnn.visualize import draw_instances
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(parsed)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     if args.show > 0:
-        written = save_pictures(parsed, args.show, args.out)
+        written = save_pictures(parsed, args.show, args.out, draw=draw_instances)
         print(f"saved {len(written)} picture(s) to {args.out}", file=sys.stderr)
     if not report["usable"]:
         print(f"rcnn check: unusable: {report['reason']}", file=sys.stderr)

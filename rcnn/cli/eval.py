@@ -35,7 +35,10 @@ from rcnn.cli.model_source import (
     load_model,
     tiled,
 )
+from rcnn.data import build_dataset
 from rcnn.engine.checkpoint import load_checkpoint
+from rcnn.engine.inference import first_images, predict_dataset
+from rcnn.engine.relabel import on_dataset_labels
 from rcnn.errors import UserError
 from rcnn.evaluation import build_evaluator
 from rcnn.evaluation.coco import evaluate_coco_results
@@ -173,8 +176,6 @@ def _voc_image_ids(results: list[dict], records: list) -> None:
 
 
 def _eval_voc_file(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]]:
-    from rcnn.data import build_dataset
-
     dataset = build_dataset(args.voc, args.split, **data_options(args))
     results = load_results(args.results)
     records = dataset.records
@@ -239,10 +240,6 @@ def run_validation_data(args: argparse.Namespace) -> tuple[str | None, dict[str,
 
 
 def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] | None:
-    from rcnn.data import build_dataset
-    from rcnn.engine.inference import first_images, predict_dataset
-    from rcnn.engine.relabel import on_dataset_labels
-
     distributed = _init_distributed()
     model = load_model(args)
     data_root, options, max_images = run_validation_data(args)

@@ -8,9 +8,12 @@ import argparse
 
 import torch
 
+from rcnn.engine import checkpoint
 from rcnn.engine.tiling import TiledPredictor
 from rcnn.errors import UserError
+from rcnn.models import fast
 from rcnn.ops.precision import AMP_CHOICES, resolve_amp
+from rcnn.zoo import load_torchvision, torchvision_hub_file
 
 
 def add_model_arguments(group: argparse._ActionsContainer) -> None:
@@ -52,12 +55,10 @@ def has_model(args: argparse.Namespace) -> bool:
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model that ``--checkpoint`` or ``--torchvision NAME [--weights FILE]`` names, on
     ``--device``, sped up by ``rcnn.models.fast.optimize`` with ``--fast`` or ``--amp``."""
-    from rcnn.models.fast import optimize
-
     amp = getattr(args, "amp", "off")
     resolve_amp(amp, torch.device(_device(args)))  # a UserError (fp16 on a CPU...) first
     model = _load_named_model(args)
-    return optimize(model, amp=amp) if args.fast or amp != "off" else model
+    return fast.optimize(model, amp=amp) if args.fast or amp != "off" else model
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -93,13 +94,8 @@ def _load_named_model(args: argparse.Namespace) -> torch.nn.Module:
             "--weights FILE goes with --torchvision NAME (a checkpoint of ours: --checkpoint)"
         )
     if args.checkpoint:
-        from rcnn.engine.checkpoint import load_model as load_checkpoint
-
-        return load_checkpoint(args.checkpoint, device=device)
+        return checkpoint.load_model(args.checkpoint, device=device)
     if args.torchvision:
-        from rcnn.weights import load_torchvision
-        from rcnn.zoo import torchvision_hub_file
-
         weights = args.weights or torchvision_hub_file(args.torchvision)
         return load_torchvision(args.torchvision, weights).to(device).eval()
     raise UserError("give a model: --checkpoint CKPT, or --torchvision NAME [--weights FILE]")

@@ -1,6 +1,7 @@
 """`rcnn predict`: run a model on images, folders or globs; write overlays and COCO results.
 
     rcnn predict photos/ more/*.jpg one.png --checkpoint runs/my_run/best.pth --output preds/
+    rcnn predict photos/ --onnx model.onnx --output preds/   # `rcnn export`'s file, onnxruntime
 
 Writes ``<output>/<image stem>.png`` (boxes, class names, scores and translucent masks of the
 detections scoring at least ``--threshold``), ``<output>/results.json`` (those detections in the
@@ -22,12 +23,21 @@ from typing import Any
 
 import torch
 
-from rcnn.cli.model_source import add_model_arguments, add_tile_arguments, load_model, tiled
+from rcnn.cli.model_source import (
+    add_model_arguments,
+    add_tile_arguments,
+    has_model,
+    load_model,
+    tiled,
+)
+from rcnn.data import read_image
 from rcnn.errors import UserError
 from rcnn.evaluation.report import write_json
 from rcnn.evaluation.results import detections_to_results
+from rcnn.export.runtime import OnnxDetector
 from rcnn.fileio import output_folder
 from rcnn.structures import Detections
+from rcnn.visualize import color_splash, draw_instances
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = __doc__.split("\n", 1)[1].strip()
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     add_model_arguments(parser)
+    parser.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="an ONNX file of `rcnn export` instead: run by onnxruntime, no PyTorch model built",
+    )
     parser.add_argument("--output", required=True, help="folder for overlays and results.json")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (0.5)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
@@ -83,8 +98,6 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 
 
 def _read(path: Path) -> torch.Tensor | None:
-    from rcnn.data import read_image
-
     try:
         return read_image(str(path))
     except (UserError, OSError, ValueError) as error:
@@ -122,8 +135,6 @@ class _Writer:
         self.used: set[str] = set()
 
     def add(self, path: Path, image: torch.Tensor, detections: Detections) -> None:
-        from rcnn.visualize import color_splash, draw_instances
-
         image_id = len(self.images)
         height, width = image.shape[-2:]
         self.images.append(
@@ -154,6 +165,24 @@ def _predict_batches(model: Any, paths: list[Path], writer: _Writer, batch_size:
     return skipped
 
 
+def _model(args: argparse.Namespace) -> Any:
+    """``--onnx FILE`` (an ``OnnxDetector``) or the PyTorch model of the model options."""
+    if not args.onnx:
+        if not has_model(args):
+            raise UserError(
+                "give a model: --checkpoint CKPT, --torchvision NAME [--weights FILE], "
+                "or --onnx FILE"
+            )
+        return load_model(args).eval()
+    if has_model(args):
+        raise UserError(
+            "give either --onnx FILE or a model (--checkpoint / --torchvision), not both"
+        )
+    if args.fast or args.device not in (None, "cpu"):
+        raise UserError("--fast and --device do not apply to --onnx (onnxruntime on the CPU)")
+    return OnnxDetector(args.onnx)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -161,8 +190,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
     output_folder(args.output)  # an existing file or a read-only place: before the model loads
     paths = collect_inputs(args.inputs)
-    model = load_model(args)
-    model.eval()
+    model = _model(args)
     if args.splash and not getattr(model, "has_mask", False):
         raise UserError("--splash needs a model that predicts masks (a mask_rcnn network)")
     model = tiled(model, args)

@@ -1,8 +1,9 @@
 """`rcnn train`: train Faster R-CNN / Mask R-CNN; with no arguments, the shapes demo on the CPU.
 
-The config is resolved as: defaults → the preset's published recipe (``--network``) → ``--config``
-file → explicit flags → ``--set key=value``. With ``--resume``, the checkpoint's config is the base
-and the flags may only change what does not alter the run (output, intervals, epochs, workers).
+The config is resolved by ``rcnn.resolve.resolve_config``: defaults → the preset's published
+recipe (``--network``) → ``--config`` file → explicit flags → ``--set key=value``. With
+``--resume``, the checkpoint's config is the base and the flags may only change what does not alter
+the run (output, intervals, epochs, workers).
 Every check on user input (network, dataset, GPUs, checkpoint, classes) runs before training.
 """
 
@@ -15,21 +16,16 @@ import sys
 import time
 from pathlib import Path
 
+import torch.multiprocessing as mp
+
 from rcnn.cli.data_options import DATA_FLAGS, KEEP_EMPTY_HELP
-from rcnn.config import (
-    RESUMABLE_KEYS,
-    TrainConfig,
-    absolute_paths,
-    apply_dict,
-    apply_overrides,
-    config_diff,
-    config_from_dict,
-    dump_yaml,
-    load_yaml,
-    to_dict,
-)
+from rcnn.config import TrainConfig, dump_yaml
+from rcnn.engine import distributed as du
+from rcnn.engine import runner
+from rcnn.engine.checkpoint import load_checkpoint
 from rcnn.errors import UserError
 from rcnn.fileio import output_folder
+from rcnn.resolve import resolve_config
 
 logger = logging.getLogger(__name__)
 
@@ -135,102 +131,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
-    """The resolved, validated config and the checkpoint to resume (``UserError`` on bad input)."""
-    explicit = [
-        f"{key}={getattr(args, key)}" for _, key, _ in FLAGS if getattr(args, key) is not None
-    ]
-    explicit += [
-        f"{key}={getattr(args, key)}"
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
+    """The resolved, validated config (``rcnn.resolve.resolve_config``: flags are overrides,
+    ``--set`` items come after them) and the checkpoint to resume, or None."""
+    flags = [(key, getattr(args, key)) for _, key, _ in FLAGS]
+    flags += [
+        (key, getattr(args, key))
         for key in ("amp", "sync_bn", "deterministic", "fast", "dataset_options.keep_empty")
-        if getattr(args, key) is not None
     ]
-    file_data = load_yaml(args.config) if args.config else {}
-    state = None
-    if args.resume:
-        from rcnn.engine.checkpoint import load_checkpoint
-
-        state = load_checkpoint(args.resume)
-        cfg = config_from_dict(state["config"])
-    else:
-        cfg = _from_preset(_network(args, file_data))
-    apply_dict(cfg, {k: v for k, v in file_data.items() if k != "network" or not args.resume})
-    recipe_batch, recipe_lr = cfg.batch_size, cfg.lr
-    recipe_options = dict(cfg.dataset_options)
-    apply_overrides(cfg, explicit + list(args.overrides))
-    absolute_paths(cfg, state["config"] if state else None)  # resumable from any folder
-    _drop_foreign_options(cfg, recipe_options)
-    given = {item.partition("=")[0].strip() for item in explicit + list(args.overrides)}
-    if state is None and "lr" not in given and "lr" not in file_data:
-        _scale_lr(cfg, recipe_batch, recipe_lr)
-    if state is not None:
-        _check_resume_config(state, cfg, args.resume)
-        cfg.resume = str(args.resume)
-        if "output" not in given:  # the folder resumed, not where the run was first written
-            resume = Path(args.resume)
-            cfg.output = str(resume if resume.is_dir() else resume.parent)
-    cfg.validate()
+    explicit = [f"{key}={value}" for key, value in flags if value is not None]
+    state = load_checkpoint(args.resume) if args.resume else None
+    cfg = resolve_config(
+        file=args.config,
+        overrides=explicit + list(args.overrides),
+        checkpoint=state,
+        resume=args.resume,
+    )
     return cfg, state
-
-
-def _drop_foreign_options(cfg: TrainConfig, recipe_options: dict) -> None:
-    """A recipe's dataset options for another dataset (shapes sizes) do not follow --dataset."""
-    from rcnn.engine.runner import DATASET_OPTIONS
-
-    valid = DATASET_OPTIONS["shapes" if cfg.dataset == "shapes" else "other"]
-    for key, value in recipe_options.items():
-        if key not in valid and cfg.dataset_options.get(key) == value:
-            del cfg.dataset_options[key]
-
-
-def _scale_lr(cfg: TrainConfig, recipe_batch: int, recipe_lr: float) -> None:
-    """Linear scaling rule (GluonCV: ``lr = 0.00125 * batch_size`` unless --lr is given)."""
-    if cfg.batch_size != recipe_batch:
-        cfg.lr = recipe_lr * cfg.batch_size / recipe_batch
-        logger.info(
-            "lr %.4g (the recipe's %.4g at batch size %d, scaled to %d)",
-            cfg.lr,
-            recipe_lr,
-            recipe_batch,
-            cfg.batch_size,
-        )
-
-
-def _network(args: argparse.Namespace, file_data: dict) -> str:
-    for item in reversed(args.overrides):
-        if item.partition("=")[0].strip() == "network":
-            return item.partition("=")[2].strip()
-    return args.network or file_data.get("network") or TrainConfig.network
-
-
-def _from_preset(network: str) -> TrainConfig:
-    from rcnn.zoo import get_preset
-
-    preset = get_preset(network)  # UserError listing the known names
-    cfg = TrainConfig(network=network)
-    for key, value in preset.recipe.items():
-        apply_dict(cfg, {key: list(value) if isinstance(value, tuple) else value})
-    cfg.model = preset.model
-    return cfg
-
-
-def _check_resume_config(state: dict, cfg: TrainConfig, path: str) -> None:
-    # the saved config with today's defaults for keys it predates (e.g. flip_prob)
-    saved, now = to_dict(config_from_dict(state["config"])), to_dict(cfg)
-    changed = [k for k in config_diff(saved, now) if k.split(".")[0] not in RESUMABLE_KEYS]
-    changed = [k for k in changed if k != "model.classes"]  # checked against the dataset later
-    if changed:
-        shown = ", ".join(f"{k} ({_get(saved, k)!r} -> {_get(now, k)!r})" for k in changed[:4])
-        raise UserError(
-            f"--resume {path}: this run's config differs from the checkpoint's: {shown}; resume "
-            "with the same settings, or start a new run with --output"
-        )
-
-
-def _get(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -245,11 +162,8 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rcnn.engine import distributed as du
-    from rcnn.engine import runner
-
     start = time.perf_counter()
-    cfg, state = resolve_config(args)
+    cfg, state = config_from_args(args)
     gpus = du.parse_gpus(cfg.gpus)
     _check_sync_bn(cfg, gpus, du.launched_by_torchrun())
     if cfg.dataset not in ("coco", "voc", "shapes") and not os.path.exists(cfg.dataset):
@@ -292,8 +206,6 @@ def _check_sync_bn(cfg: TrainConfig, gpus: list[int], torchrun: bool) -> None:
 
 def _prepare(cfg: TrainConfig, state: dict | None, is_main: bool):
     """Datasets (classes into the model config) and the run folder with its config.yaml."""
-    from rcnn.engine import runner
-
     datasets = runner.build_datasets(cfg)
     runner.set_classes(cfg, datasets, state)
     run_dir = default_run_dir(cfg)
@@ -321,10 +233,6 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
 
 def _spawn(cfg: TrainConfig, gpus: list[int], run_dir: Path) -> int:
     """One process per GPU; a failed process is a one-line error (its own message came first)."""
-    import torch.multiprocessing as mp
-
-    from rcnn.engine import distributed as du
-
     try:
         du.spawn_workers(_spawned, len(gpus), args=(cfg, gpus, str(run_dir)))
     except mp.ProcessExitedException as error:
@@ -340,15 +248,10 @@ def _spawn(cfg: TrainConfig, gpus: list[int], run_dir: Path) -> int:
 
 def _spawned(local_rank: int, cfg: TrainConfig, gpus: list[int], run_dir: str) -> None:
     """One process of a ``--gpus`` run (errors are one line on stderr, then a non-zero exit)."""
-    from rcnn.engine import distributed as du
-    from rcnn.engine import runner
-
     logging.basicConfig(level=logging.INFO if local_rank == 0 else logging.WARNING)
     state = None
     try:
         if cfg.resume:
-            from rcnn.engine.checkpoint import load_checkpoint
-
             state = load_checkpoint(cfg.resume)
         ctx = du.init_from_env(gpus)
         datasets = runner.build_datasets(cfg)

@@ -26,6 +26,22 @@ from rcnn.data.voc import load_voc_devkit
 from rcnn.errors import DatasetError
 
 SHAPES_DEFAULTS = {"seed": 0, "num_train": 500, "num_val": 50, "image_size": 128}
+# the ``**options`` build_dataset takes (TrainConfig.dataset_options), for shapes and for the others
+DATASET_OPTIONS = {
+    "shapes": ("seed", "num_train", "num_val", "image_size", "min_object_area", "keep_empty"),
+    "other": (
+        "min_object_area",
+        "classes",
+        "allow_outside_root",
+        "images",
+        "annotations",
+        "format",
+        "val_fraction",
+        "split_seed",
+        "class_map",
+        "keep_empty",
+    ),
+}
 
 
 def _default_root(name: str) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from rcnn.data.coco import load_coco
+from rcnn.data.dataset import DetectionDataset
 from rcnn.data.detect import detect_layout, read_layout
 from rcnn.data.images import UnreadableImageError, load_image
 from rcnn.data.records import ParsedDataset, Problem, is_empty
@@ -165,11 +167,14 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save_pictures(parsed: ParsedDataset, count: int, out_dir: str) -> list[str]:
-    """Draw the ground truth of the first ``count`` readable images into ``out_dir`` as PNGs."""
-    from rcnn.data.dataset import DetectionDataset
-    from rcnn.visualize import draw_instances
+def save_pictures(
+    parsed: ParsedDataset, count: int, out_dir: str, *, draw: Callable[..., Any]
+) -> list[str]:
+    """Draw the ground truth of the first ``count`` readable images into ``out_dir`` as PNGs.
 
+    ``draw(image, targets, class_names) -> PIL.Image`` (``rcnn.visualize.draw_instances``; the
+    data layer does not import the picture code).
+    """
     os.makedirs(out_dir, exist_ok=True)
     readable = [r for r in parsed.records if os.path.isfile(r.image_path)]
     dataset = DetectionDataset(
@@ -185,6 +190,6 @@ def save_pictures(parsed: ParsedDataset, count: int, out_dir: str) -> list[str]:
             continue
         stem = os.path.splitext(os.path.basename(dataset.records[index].image_path))[0]
         path = os.path.join(out_dir, f"{len(written):04d}_{stem}.png")
-        draw_instances(*sample, parsed.class_names).save(path)
+        draw(*sample, parsed.class_names).save(path)
         written.append(path)
     return written

@@ -4,10 +4,14 @@ Shape shorthand: A anchors of one image padded alone (all levels, location-major
 
 GluonCV computes RPN targets in its CPU data workers (``FasterRCNNDefaultTrainTransform(short,
 max_size, net)``, seed 001 "RPN training targets"). ``RPNTargetTransform`` wraps a train transform
-and attaches ``Targets.rpn_targets`` made by the model's own ``RPNTargetGenerator`` on the anchors
-the model will use for this image padded alone (to a multiple of ``size_divisibility``). The model
+and attaches ``Targets.rpn_targets`` made by the model's own target generator on the anchors the
+model will use for this image padded alone (to a multiple of ``size_divisibility``). The model
 takes them when its anchors are that same set (a batch of one, or of equal padded sizes) and
 computes its own otherwise (images of a batch padded to a larger common size have more anchors).
+
+The data layer knows no model: the anchor and target generators, the feature strides and the
+size divisibility are parameters. ``RCNN.rpn_target_transform(transform)`` builds this transform
+for a model (``rcnn/models/rcnn.py``).
 """
 
 from __future__ import annotations
@@ -19,36 +23,39 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from rcnn.models.anchors import AnchorGenerator
-from rcnn.models.config import ModelConfig
-from rcnn.models.rpn_targets import RPNTargetGenerator, RPNTargets
-from rcnn.structures import Targets
+from rcnn.structures import RPNTargets, Targets
 
-FPN_STRIDES = (4, 8, 16, 32, 64)  # P2-P6
-C4_STRIDES = (16,)
-
-
-def feature_strides(cfg: ModelConfig) -> tuple[int, ...]:
-    """Strides of the feature maps the RPN sees for ``cfg.arch``."""
-    if cfg.arch == "c4":
-        return C4_STRIDES
-    return FPN_STRIDES
+# (feature maps [B, D, H_l, W_l] per level, padded (H, W)) -> per level [A_l, 4] anchors
+AnchorFn = Callable[[list[Tensor], tuple[int, int]], list[Tensor]]
+# (anchors [A, 4], gt boxes [G, 4], gt ignore [G], (H, W), *, generator) -> RPNTargets
+TargetFn = Callable[..., RPNTargets]
 
 
 class RPNTargetTransform:
     """``(image, Targets) -> (image, Targets with rpn_targets)`` after an optional inner transform.
 
     Args:
-        cfg: the model's config (anchors, RPN, input size divisibility, arch).
+        anchor_generator: the model's anchors of a padded size (an ``AnchorGenerator``).
+        target_generator: labels, samples and encodes anchors (an ``RPNTargetGenerator``).
+        strides: stride of each feature map the RPN sees (FPN: P2-P6 ``(4, 8, 16, 32, 64)``).
+        size_divisibility: the model pads images to a multiple of this.
         transform: the train transform to run first (``TrainTransform``), or None.
     """
 
-    def __init__(self, cfg: ModelConfig, transform: Callable | None = None) -> None:
+    def __init__(
+        self,
+        anchor_generator: AnchorFn,
+        target_generator: TargetFn,
+        *,
+        strides: tuple[int, ...],
+        size_divisibility: int,
+        transform: Callable | None = None,
+    ) -> None:
+        self.anchor_generator = anchor_generator
+        self.target_generator = target_generator
+        self.strides = tuple(int(s) for s in strides)
+        self.size_divisibility = int(size_divisibility)
         self.transform = transform
-        self.strides = feature_strides(cfg)
-        self.size_divisibility = cfg.input.size_divisibility
-        self.anchor_generator = AnchorGenerator(cfg.anchors, self.strides)
-        self.target_generator = RPNTargetGenerator(cfg.rpn)
 
     def anchors(self, image_size: tuple[int, int]) -> Tensor:
         """[A, 4] anchors of an (H, W) image padded alone, as the model's ``AnchorGenerator`` makes.
@@ -76,5 +83,4 @@ class RPNTargetTransform:
     ) -> tuple[Tensor, Targets]:
         if self.transform is not None:
             image, targets = self.transform(image, targets, generator=generator)
-        rpn_targets = self.targets_for(targets, generator)
-        return image, replace(targets, rpn_targets=rpn_targets.as_dict())
+        return image, replace(targets, rpn_targets=self.targets_for(targets, generator))

@@ -19,9 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from rcnn.errors import CheckpointError
+from rcnn.config import from_dict
+from rcnn.errors import CheckpointError, UserError
 from rcnn.fileio import atomic_file
 from rcnn.integrity import state_checksum, verify_checksum
+from rcnn.models.build import build_model
+from rcnn.models.config import ModelConfig
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "config", "class_names", "format_version")
@@ -84,11 +87,6 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch
     Raises:
         CheckpointError: missing, corrupt, truncated file, or weights that do not fit the config.
     """
-    from rcnn.config import from_dict
-    from rcnn.errors import UserError
-    from rcnn.models.build import build_model
-    from rcnn.models.config import ModelConfig
-
     state = load_checkpoint(path)
     model_dict = (state["config"] or {}).get("model")
     if not isinstance(model_dict, dict):

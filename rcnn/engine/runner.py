@@ -19,29 +19,21 @@ from typing import Any
 import torch
 
 from rcnn.config import TrainConfig
-from rcnn.engine.distributed import DistContext
+from rcnn.data import TrainTransform, ValTransform, build_dataset
+from rcnn.data.build import DATASET_OPTIONS
+from rcnn.engine.checkpoint import load_model
+from rcnn.engine.distributed import DistContext, parse_gpus
+from rcnn.engine.precision import resolve_amp
 from rcnn.engine.train import TrainResult, train
 from rcnn.engine.validate import Validator, evaluate_detections
 from rcnn.errors import UserError
 from rcnn.fileio import write_text
+from rcnn.models.build import build_model
+from rcnn.models.fast import optimize
+from rcnn.visualize import draw_instances
 
 logger = logging.getLogger(__name__)
 FINAL_KEYS = ("bbox", "segm", "voc07", "voc12")
-DATASET_OPTIONS = {
-    "shapes": ("seed", "num_train", "num_val", "image_size", "min_object_area", "keep_empty"),
-    "other": (
-        "min_object_area",
-        "classes",
-        "allow_outside_root",
-        "images",
-        "annotations",
-        "format",
-        "val_fraction",
-        "split_seed",
-        "class_map",
-        "keep_empty",
-    ),
-}
 
 
 @dataclass
@@ -55,7 +47,6 @@ class Datasets:
 
 def build_datasets(cfg: TrainConfig) -> Datasets:
     """Read (or, for shapes, generate) the datasets; ``UserError`` for an empty one."""
-    from rcnn.data import TrainTransform, ValTransform, build_dataset
 
     size = cfg.model.input
     transform = TrainTransform(
@@ -130,12 +121,11 @@ def set_classes(cfg: TrainConfig, datasets: Datasets, resume_state: dict | None)
 
 
 def build_train_model(cfg: TrainConfig) -> torch.nn.Module:
-    """``cfg.model``'s network, with the speed options when ``cfg.fast``."""
-    from rcnn.models.build import build_model
-    from rcnn.models.fast import optimize
-
+    """``cfg.model``'s network, with the speed options when ``cfg.fast`` or when it trains under
+    bf16 autocast on the CPU (bf16 convolutions pay there only in channels-last: issue 10)."""
     model = build_model(cfg.model)
-    return optimize(model) if cfg.fast else model
+    cpu_bf16 = not parse_gpus(cfg.gpus) and resolve_amp(cfg.amp, torch.device("cpu")) is not None
+    return optimize(model) if cfg.fast or cpu_bf16 else model
 
 
 def run_process(
@@ -219,9 +209,6 @@ def _json_safe(tree: Any) -> Any:
 def draw_predictions(checkpoint: Path, dataset: Any, path: Path, *, count: int = 4) -> None:
     """The final model's detections on the first ``count`` val images, tiled into one picture."""
     from PIL import Image
-
-    from rcnn.engine.checkpoint import load_model
-    from rcnn.visualize import draw_instances
 
     model = load_model(checkpoint)
     pictures = []

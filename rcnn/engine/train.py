@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from rcnn.config import TrainConfig, interval_iters, to_dict
+from rcnn.data import build_train_loader
 from rcnn.engine import distributed as du
 from rcnn.engine.checkpoint import capture_rng, plain, restore_rng, save_checkpoint
 from rcnn.engine.distributed import DistContext
@@ -88,8 +89,6 @@ class Schedule:
 
 
 def default_loader(dataset: Any, **kwargs: Any) -> Iterator:
-    from rcnn.data import build_train_loader
-
     return build_train_loader(dataset, **kwargs)
 
 

@@ -17,6 +17,8 @@ from torch import nn
 
 from rcnn.engine import distributed as du
 from rcnn.engine.distributed import DistContext
+from rcnn.engine.inference import first_images, predict_dataset
+from rcnn.evaluation import build_evaluator, primary_metric
 
 logger = logging.getLogger(__name__)
 EvaluateFn = Callable[[nn.Module, Any, DistContext], "dict | None"]
@@ -32,9 +34,6 @@ def evaluate_detections(
 ) -> dict | None:
     """Predict the images of ``dataset`` (raw, no transform; the first ``max_images`` when > 0)
     and score them, and only them, on the main rank."""
-    from rcnn.engine.inference import first_images, predict_dataset
-    from rcnn.evaluation import build_evaluator
-
     evaluator = build_evaluator(dataset)
     evaluator.reset()
     images = first_images(dataset, max_images)
@@ -49,8 +48,6 @@ def evaluate_detections(
 
 
 def default_primary(metrics: dict) -> float:
-    from rcnn.evaluation import primary_metric
-
     return float(primary_metric(metrics))
 
 

@@ -99,7 +99,8 @@ def box_losses(
     zero = cls_logits.sum() * 0 + box_deltas.sum() * 0
     loss_cls = F.cross_entropy(cls_logits, gt_classes, reduction="sum") / num_rois
     pos = torch.where(gt_classes > 0)[0]
-    deltas = box_deltas.view(len(box_deltas), -1, 4)[pos, gt_classes[pos] - 1]
+    # [R, C, 4] (R may be 0)
+    deltas = box_deltas.view(len(box_deltas), box_deltas.shape[1] // 4, 4)[pos, gt_classes[pos] - 1]
     loss_box = F.smooth_l1_loss(deltas, box_targets[pos], beta=beta, reduction="sum") / num_rois
     with torch.no_grad():
         accuracy = (cls_logits.argmax(1) == gt_classes).float().sum() / num_rois

@@ -17,16 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rcnn.models.box_head import BoxPredictor
 from rcnn.models.config import BoxHeadConfig, MaskHeadConfig, ModelConfig
-from rcnn.models.edge_loss import mask_losses
-from rcnn.models.mask_head import MaskHead
-from rcnn.models.maskiou import build_maskiou_head, maskiou_loss
 from rcnn.models.resnet import ResNetBody
-from rcnn.models.roi_heads import RoIHeads, box_step, sample_rois
-from rcnn.ops.boxes import BoxCoder
-from rcnn.ops.masks import mask_targets
-from rcnn.ops.pooling import MultiLevelRoIPool
+from rcnn.models.roi_heads import RoIHeads
+from rcnn.structures import BoxPredictions, SampledRoIs
 
 C4_STRIDE = 16
 
@@ -64,9 +58,10 @@ def build_c4(cfg: ModelConfig) -> tuple[C4Backbone, nn.Module, int]:
 class C4RoIHeads(RoIHeads):
     """RoIHeads whose box head is res5 + global average pooling; the mask head reads res5 too.
 
-    Inference is ``RoIHeads.forward_test`` (``box_forward`` and ``mask_features`` below); training
-    runs res5 once on the sampled RoIs and gives the positives' features to the mask head, as
-    GluonCV's ``MaskRCNN`` does.
+    The flow is ``RoIHeads``'s; only the feature hooks differ: ``box_features`` runs res5 on the
+    RoIAligned res4 features, ``box_predict`` averages them, and in training the positives' res5
+    features go to the mask head as they are (res5 runs once per sampled RoI, as in GluonCV's
+    ``MaskRCNN``).
     """
 
     def __init__(
@@ -78,76 +73,31 @@ class C4RoIHeads(RoIHeads):
         res5_channels: int,
         num_classes: int,
     ) -> None:
-        nn.Module.__init__(self)  # not RoIHeads.__init__: no FPN pooler, no fc box head
         if box_cfg.kind != "res5":
             raise ValueError(f"a C4 model needs box_head.kind 'res5', got {box_cfg.kind!r}")
-        self.box_cfg, self.mask_cfg = box_cfg, mask_cfg
-        self.box_pool = MultiLevelRoIPool(
-            (C4_STRIDE,),
-            box_cfg.pooler_resolution,
-            sampling_ratio=box_cfg.sampling_ratio,
-            mode=box_cfg.pool_mode,
-            aligned=box_cfg.aligned,
+        super().__init__(
+            box_cfg,
+            mask_cfg,
+            in_channels=res5_channels,
+            strides=(C4_STRIDE,),
+            num_classes=num_classes,
         )
         self.res5 = res5
-        self.box_predictor = BoxPredictor(res5_channels, num_classes)
-        self.box_coder = BoxCoder(box_cfg.box_weights, box_cfg.box_clip)
-        self.mask_pool = None
-        self.mask_head = None
-        if mask_cfg is not None:
-            self.mask_head = MaskHead(mask_cfg, res5_channels, num_classes)
-        res5_size = (box_cfg.pooler_resolution + 1) // 2  # res5 starts with a stride of 2
-        self.maskiou_head = build_maskiou_head(
-            mask_cfg, res5_channels, num_classes, resolution=res5_size
-        )
+
+    def box_features(self, features: list[Tensor], rois: list[Tensor]) -> Tensor:
+        """res5 features [R, D5, S/2, S/2] of ``rois`` (one [R_i, 4] per image)."""
+        return self.res5(self.box_pool(features, rois))
+
+    def box_predict(self, box_features: Tensor) -> BoxPredictions:
+        """Class logits [R, C+1] and deltas [R, 4C] from res5 features, globally average-pooled."""
+        return BoxPredictions(*self.box_predictor(box_features.mean(dim=(2, 3))))
 
     def mask_features(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
-        """res5 features [R, D5, S/2, S/2] of ``boxes`` (one [R_i, 4] per image)."""
-        return self.res5(self.box_pool(features, boxes))
+        """res5 features [P, D5, S/2, S/2] of ``boxes`` (one [P_i, 4] per image)."""
+        return self.box_features(features, boxes)
 
-    def box_forward(self, features: list[Tensor], rois: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Class logits [R, C+1] and deltas [R, 4C] of ``rois``."""
-        return self.box_predictor(self.mask_features(features, rois).mean(dim=(2, 3)))
-
-    def forward_train(self, features, proposals, targets) -> tuple[dict, dict]:
-        """Losses / diagnostics and intermediates of one training step."""
-        samples = sample_rois(proposals, targets, self.box_cfg)
-        top = self.mask_features(features, samples["rois"])  # [R, D5, 7, 7]
-        cls_logits, box_deltas = self.box_predictor(top.mean(dim=(2, 3)))
-        losses, intermediates = box_step(samples, cls_logits, box_deltas, self.box_cfg)
-        gt_classes = intermediates["rcnn_cls_targets"]
-        if self.mask_head is not None:
-            pos = torch.where(gt_classes > 0)[0]
-            tgts = positive_mask_targets(samples, targets, 2 * top.shape[-1])
-            logits = self.mask_head(top[pos])
-            edge_weight = self.mask_cfg.edge_loss_weight
-            classes = gt_classes[pos] - 1
-            losses.update(mask_losses(logits, classes, tgts, edge_weight=edge_weight))
-            if self.maskiou_head is not None:
-                weight = self.mask_cfg.maskiou_weight
-                losses.update(
-                    maskiou_loss(
-                        self.maskiou_head,
-                        top[pos],
-                        logits,
-                        classes=classes,
-                        mask_targets=tgts,
-                        weight=weight,
-                    )
-                )
-            intermediates["mask_targets"] = tgts
-            intermediates["mask_logits"] = logits
-        return losses, intermediates
-
-
-def positive_mask_targets(samples: dict, targets: list, size: int) -> Tensor:
-    """[P, size, size] mask targets of the positive RoIs, in ``torch.cat`` order over images."""
-    out = []
-    for rois, gt_classes, matched, target in zip(
-        samples["rois"], samples["gt_classes"], samples["matched"], targets, strict=True
-    ):
-        pos = torch.where(gt_classes > 0)[0]
-        if len(pos) and target.masks is None:
-            raise ValueError(f"image {target.image_id}: a Mask R-CNN needs masks in its targets")
-        out.append(mask_targets(target.masks or [], matched[pos], rois[pos], size=size))
-    return torch.cat(out)
+    def positive_mask_features(
+        self, features: list[Tensor], samples: SampledRoIs, box_features: Tensor
+    ) -> Tensor:
+        """The positive RoIs' rows of ``box_features`` [R, D5, 7, 7] (res5 is not run twice)."""
+        return box_features[torch.where(torch.cat(samples.gt_classes) > 0)[0]]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from rcnn.config import checked
+from rcnn.values import checked
 
 # torchvision's ``bbox_xform_clip`` (rcnn/_utils.py) and GluonCV's ``clip`` for FPN models (4.14).
 DEFAULT_BOX_CLIP = math.log(1000.0 / 16)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from rcnn.errors import CheckpointError
 from rcnn.models.config import BackboneConfig, ModelConfig
-from rcnn.weights import load_state_dict_checked, read_state_dict
+from rcnn.models.state_dict import load_state_dict_checked, read_state_dict
 
 logger = logging.getLogger(__name__)
 

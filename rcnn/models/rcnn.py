@@ -6,15 +6,19 @@ Shape shorthand: B images, H/W image size, Hp/Wp padded batch size, N detections
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rcnn.data.rpn_targets import RPNTargetTransform
+from rcnn.models.anchors import AnchorGenerator
 from rcnn.models.config import ModelConfig
 from rcnn.models.reset_class import reset_class
+from rcnn.models.rpn_targets import RPNTargetGenerator
 from rcnn.ops.masks import paste_masks
-from rcnn.structures import Detections, ImageBatch, Targets
+from rcnn.structures import Detections, HeadDetections, ImageBatch, Targets
 
 
 def pad_batch(images: list[Tensor], divisibility: int) -> ImageBatch:
@@ -80,6 +84,17 @@ class RCNN(nn.Module):
         ``reset_class`` (``rcnn/models/reset_class.py``)."""
         return reset_class(self, classes, reuse_weights)
 
+    def rpn_target_transform(self, transform: Callable | None = None) -> RPNTargetTransform:
+        """The data-pipeline transform that attaches this model's RPN targets to each sample
+        (after ``transform``), as GluonCV's ``FasterRCNNDefaultTrainTransform(..., net)`` does."""
+        return RPNTargetTransform(
+            AnchorGenerator(self.cfg.anchors, self.backbone.strides),
+            RPNTargetGenerator(self.cfg.rpn),
+            strides=self.backbone.strides,
+            size_divisibility=self.cfg.input.size_divisibility,
+            transform=transform,
+        )
+
     def forward(self, images: list[Tensor], targets: list[Targets] | None = None, **kwargs):
         if targets is not None:
             return self.loss(images, targets, **kwargs)
@@ -103,7 +118,10 @@ class RCNN(nn.Module):
         return list(self.backbone(batch.tensor).values())
 
     def loss(self, images: list[Tensor], targets: list[Targets], *, return_intermediates=False):
-        """Losses ``loss_*`` and diagnostics of one batch (images already resized)."""
+        """Losses ``loss_*`` and diagnostics of one batch (images already resized): a flat
+        ``dict[str, Tensor]``; with ``return_intermediates=True`` the pair ``(losses,
+        intermediates)``, the tutorial's intermediates (``RPN.forward``, ``box_intermediates``,
+        the mask targets and logits, ``proposals``) in a dict of their own."""
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         batch = pad_batch([self.normalize(img) for img in images], self.cfg.input.size_divisibility)
@@ -113,11 +131,11 @@ class RCNN(nn.Module):
         proposals, losses, inter = self.rpn(feats, padded, batch.image_sizes, targets)
         roi_losses, roi_inter = self.roi_heads.forward_train(feats, proposals, targets)
         losses.update(roi_losses)
-        if return_intermediates:
-            inter.update(roi_inter)
-            inter["proposals"] = proposals
-            losses["intermediates"] = inter
-        return losses
+        if not return_intermediates:
+            return losses
+        inter.update(roi_inter)
+        inter["proposals"] = proposals
+        return losses, inter
 
     @torch.no_grad()
     def predict(self, images: list[Tensor]) -> list[Detections]:
@@ -133,7 +151,9 @@ class RCNN(nn.Module):
             for result, size, img in zip(results, batch.image_sizes, images, strict=True)
         ]
 
-    def to_raw(self, result: dict, size: tuple[int, int], raw_size: tuple[int, int]) -> Detections:
+    def to_raw(
+        self, result: HeadDetections, size: tuple[int, int], raw_size: tuple[int, int]
+    ) -> Detections:
         """Rescale boxes per axis to the raw image (and paste masks at its full resolution)."""
         ratio_h = torch.tensor(raw_size[0], dtype=torch.float32) / torch.tensor(
             size[0], dtype=torch.float32
@@ -141,12 +161,12 @@ class RCNN(nn.Module):
         ratio_w = torch.tensor(raw_size[1], dtype=torch.float32) / torch.tensor(
             size[1], dtype=torch.float32
         )
-        scale = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(result["boxes"].device)
-        boxes = result["boxes"] * scale
+        scale = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(result.boxes.device)
+        boxes = result.boxes * scale
         masks = None
-        if "mask_probs" in result:
-            masks = paste_masks(result["mask_probs"], boxes, (int(raw_size[0]), int(raw_size[1])))
-        return Detections(boxes, result["scores"], result["labels"], masks)
+        if result.mask_probs is not None:
+            masks = paste_masks(result.mask_probs, boxes, (int(raw_size[0]), int(raw_size[1])))
+        return Detections(boxes, result.scores, result.labels, masks)
 
 
 class FasterRCNN(RCNN):

@@ -20,19 +20,33 @@ from rcnn.ops.boxes import BoxCoder, clip_boxes, nonempty, remove_small
 from rcnn.ops.masks import mask_targets
 from rcnn.ops.matching import BalancedSampler, Matcher, match_labels
 from rcnn.ops.pooling import MultiLevelRoIPool
-from rcnn.structures import Proposals, Targets
+from rcnn.structures import (
+    BoxPredictions,
+    HeadDetections,
+    MaskPredictions,
+    Proposals,
+    SampledRoIs,
+    Targets,
+)
 
 
-def sample_rois(proposals: list[Proposals], targets: list[Targets], cfg: BoxHeadConfig):
+def sample_rois(
+    proposals: list[Proposals], targets: list[Targets], cfg: BoxHeadConfig
+) -> SampledRoIs:
     """Append GT to proposals, match, sample and encode (Girshick 2015, sec. 2.3).
 
-    Returns a dict of per-image lists: ``rois`` [R_i, 4], ``gt_classes`` int64 [R_i] in [0, C]
-    (0 background), ``matched`` [R_i] gt index, ``box_targets`` [R_i, 4] (zero on negatives).
+    Args:
+        proposals: per image, the RPN's [K_i] proposals (padded-batch pixels).
+        targets: per image, the ground truth in the same pixels.
+
+    Returns:
+        ``SampledRoIs``: per image R_i <= ``batch_size_per_image`` RoIs, at most
+        ``positive_fraction`` of them positive, with their classes, matches and box targets.
     """
     matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh)
     sampler = BalancedSampler(cfg.batch_size_per_image, cfg.positive_fraction)
     coder = BoxCoder(cfg.box_weights, cfg.box_clip)
-    out = {"rois": [], "gt_classes": [], "matched": [], "box_targets": []}
+    out = SampledRoIs([], [], [], [])
     for props, target in zip(proposals, targets, strict=True):
         # only usable GT joins the proposals: not crowd/difficult and of positive size
         usable = ~target.ignore & nonempty(target.boxes)
@@ -51,9 +65,26 @@ def sample_rois(proposals: list[Proposals], targets: list[Targets], cfg: BoxHead
         box_targets = torch.zeros_like(rois)
         pos = torch.where(is_pos)[0]
         box_targets[pos] = coder.encode(rois[pos], target.boxes[matched[pos]])
-        for key, value in zip(out, (rois, gt_classes, matched, box_targets), strict=True):
-            out[key].append(value)
+        out.rois.append(rois)
+        out.gt_classes.append(gt_classes)
+        out.matched.append(matched)
+        out.box_targets.append(box_targets)
     return out
+
+
+def positive_mask_targets(samples: SampledRoIs, targets: list[Targets], size: int) -> Tensor:
+    """[P, size, size] 0/1 mask targets of the positive RoIs, in ``torch.cat`` order over images.
+
+    Each target is the matched instance's polygons / RLE cropped to the RoI and rasterised.
+    """
+    out = []
+    for rois, pos, matched, target in zip(
+        samples.rois, samples.positives(), samples.matched, targets, strict=True
+    ):
+        if len(pos) and target.masks is None:
+            raise ValueError(f"image {target.image_id}: a Mask R-CNN needs masks in its targets")
+        out.append(mask_targets(target.masks or [], matched[pos], rois[pos], size=size))
+    return torch.cat(out)
 
 
 def postprocess_boxes(
@@ -85,32 +116,37 @@ def postprocess_boxes(
     return boxes[keep], scores[keep], labels[keep]
 
 
-def box_step(samples: dict, cls_logits: Tensor, box_deltas: Tensor, cfg) -> tuple[dict, dict]:
-    """Box losses of sampled RoIs and the tutorial's intermediates (FPN and C4 heads alike).
+def box_intermediates(samples: SampledRoIs, preds: BoxPredictions) -> dict:
+    """The tutorial's RCNN intermediates of one step (``return_intermediates=True``).
 
-    Args:
-        samples: ``sample_rois``'s output (``rois``, ``matched``, ``gt_classes``, ``box_targets``
-            per image); cls_logits: [R, C+1]; box_deltas: [R, 4C]; cfg: the ``BoxHeadConfig``.
+    Keys (GluonCV's names in brackets): ``rois`` [R_i, 4] and ``matched_gt`` [R_i] per image
+    (``roi``, ``matches``), ``rcnn_cls_logits`` [R, C+1], ``rcnn_box_deltas`` [R, 4C],
+    ``rcnn_cls_targets`` [R] (0 background), ``rcnn_box_targets`` / ``rcnn_box_weights`` [R, 4].
     """
-    gt_classes = torch.cat(samples["gt_classes"])
-    box_targets = torch.cat(samples["box_targets"])
-    losses = box_losses(
-        cls_logits, box_deltas, gt_classes, box_targets=box_targets, beta=cfg.smooth_l1_beta
-    )
-    intermediates = {
-        "rois": samples["rois"],
-        "matched_gt": samples["matched"],
-        "rcnn_cls_logits": cls_logits,
-        "rcnn_box_deltas": box_deltas,
+    gt_classes = torch.cat(samples.gt_classes)
+    box_targets = torch.cat(samples.box_targets)
+    return {
+        "rois": samples.rois,
+        "matched_gt": samples.matched,
+        "rcnn_cls_logits": preds.cls_logits,
+        "rcnn_box_deltas": preds.box_deltas,
         "rcnn_cls_targets": gt_classes,
         "rcnn_box_targets": box_targets,
         "rcnn_box_weights": (gt_classes > 0)[:, None].expand_as(box_targets).float(),
     }
-    return losses, intermediates
 
 
 class RoIHeads(nn.Module):
-    """Box branch (+ mask branch): losses in training, detections in inference."""
+    """Box branch (+ mask branch): losses in training, detections in inference.
+
+    The flow, shared by FPN and C4 heads (``C4RoIHeads`` overrides the feature hooks only):
+    ``sample_rois`` -> ``SampledRoIs``; ``box_features`` -> ``box_predict`` -> ``BoxPredictions``
+    -> ``box_losses`` (training) or ``detect`` -> ``HeadDetections`` (inference); mask branch:
+    ``mask_features`` (training: ``positive_mask_features``) -> ``MaskPredictions``.
+
+    A box head of kind ``"res5"`` (C4 models) is no module of this class: ``C4RoIHeads`` adds
+    res5, whose output is also the mask head's input (no mask pooler).
+    """
 
     def __init__(
         self,
@@ -123,126 +159,140 @@ class RoIHeads(nn.Module):
     ) -> None:
         super().__init__()
         self.box_cfg, self.mask_cfg = box_cfg, mask_cfg
-        pool_kwargs = {
-            "mode": box_cfg.pool_mode,
-            "aligned": box_cfg.aligned,
-            "canonical_scale": box_cfg.canonical_scale,
-            "canonical_level": box_cfg.canonical_level,
-        }
+        per_roi_res5 = box_cfg.kind == "res5"
         self.box_pool = MultiLevelRoIPool(
-            strides, box_cfg.pooler_resolution, sampling_ratio=box_cfg.sampling_ratio, **pool_kwargs
+            strides,
+            box_cfg.pooler_resolution,
+            sampling_ratio=box_cfg.sampling_ratio,
+            **_pool_options(box_cfg),
         )
-        self.box_head = build_box_head(box_cfg, in_channels)
-        self.box_predictor = BoxPredictor(self.box_head.out_dim, num_classes)
+        self.box_head = None if per_roi_res5 else build_box_head(box_cfg, in_channels)
+        box_dim = in_channels if self.box_head is None else self.box_head.out_dim
+        self.box_predictor = BoxPredictor(box_dim, num_classes)
         self.box_coder = BoxCoder(box_cfg.box_weights, box_cfg.box_clip)
         self.mask_pool = self.mask_head = None
         if mask_cfg is not None:
-            self.mask_pool = MultiLevelRoIPool(
-                strides,
-                mask_cfg.pooler_resolution,
-                sampling_ratio=mask_cfg.sampling_ratio,
-                **pool_kwargs,
-            )
+            if not per_roi_res5:
+                self.mask_pool = MultiLevelRoIPool(
+                    strides,
+                    mask_cfg.pooler_resolution,
+                    sampling_ratio=mask_cfg.sampling_ratio,
+                    **_pool_options(box_cfg),
+                )
             self.mask_head = MaskHead(mask_cfg, in_channels, num_classes)
+        # the mask head's input size: the mask pooler's, or res5's (stride 2) on the box pooler's
+        size = (box_cfg.pooler_resolution + 1) // 2 if per_roi_res5 else None
         self.maskiou_head = build_maskiou_head(
-            mask_cfg, in_channels, num_classes, resolution=getattr(mask_cfg, "pooler_resolution", 0)
-        )
+            mask_cfg, in_channels, num_classes,
+            resolution=size or getattr(mask_cfg, "pooler_resolution", 0),
+        )  # fmt: skip
 
-    def box_forward(self, features: list[Tensor], rois: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Class logits [R, C+1] and deltas [R, 4C] of ``rois`` (one [R_i, 4] per image)."""
+    def box_features(self, features: list[Tensor], rois: list[Tensor]) -> Tensor:
+        """Pooled features [R, D, S, S] of ``rois`` (one [R_i, 4] per image)."""
         pooled = self.box_pool(features, rois)
         if self.box_cfg.pool_downsample > 1:
             pooled = F.avg_pool2d(pooled, self.box_cfg.pool_downsample)
-        return self.box_predictor(self.box_head(pooled))
+        return pooled
 
-    def forward_train(self, features, proposals, targets) -> tuple[dict, dict]:
-        """Losses / diagnostics and intermediates of one training step."""
-        samples = sample_rois(proposals, targets, self.box_cfg)
-        cls_logits, box_deltas = self.box_forward(features, samples["rois"])
-        losses, intermediates = box_step(samples, cls_logits, box_deltas, self.box_cfg)
-        if self.mask_head is not None:
-            mask_losses_, mask_targets_, mask_logits = self.mask_train(features, samples, targets)
-            losses.update(mask_losses_)
-            intermediates["mask_targets"] = mask_targets_
-            intermediates["mask_logits"] = mask_logits
-        return losses, intermediates
+    def box_predict(self, box_features: Tensor) -> BoxPredictions:
+        """Class logits [R, C+1] and deltas [R, 4C] from ``box_features``' output."""
+        return BoxPredictions(*self.box_predictor(self.box_head(box_features)))
 
     def mask_features(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
-        """Input of the mask head for ``boxes`` (one [R_i, 4] per image): RoIAlign (C4: + res5)."""
+        """Input [P, D, S, S] of the mask head for ``boxes`` (one [P_i, 4] per image)."""
         return self.mask_pool(features, boxes)
 
-    def mask_train(self, features, samples, targets) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        """Mask losses on positive RoIs; targets cropped from each instance's polygons / RLE.
+    def positive_mask_features(
+        self, features: list[Tensor], samples: SampledRoIs, box_features: Tensor
+    ) -> Tensor:
+        """The mask head's input [P, D, S, S] for the positive sampled RoIs (training)."""
+        return self.mask_features(features, samples.positive_rois())
 
-        Returns:
-            the losses, the mask targets [P, M, M] and the mask logits [P, C, M, M].
-        """
-        size = 2 * self.mask_cfg.pooler_resolution
-        pos_rois, classes, mask_tgts = [], [], []
-        for rois, gt_classes, matched, target in zip(
-            samples["rois"], samples["gt_classes"], samples["matched"], targets, strict=True
-        ):
-            pos = torch.where(gt_classes > 0)[0]
-            pos_rois.append(rois[pos])
-            classes.append(gt_classes[pos] - 1)
-            if len(pos) and target.masks is None:
-                raise ValueError(
-                    f"image {target.image_id}: a Mask R-CNN needs masks in its targets"
-                )
-            gt_masks = target.masks if target.masks is not None else []
-            mask_tgts.append(mask_targets(gt_masks, matched[pos], rois[pos], size=size))
-        pooled = self.mask_features(features, pos_rois)
-        logits = self.mask_head(pooled)
-        mask_tgts, classes = torch.cat(mask_tgts), torch.cat(classes)
-        edge_weight = self.mask_cfg.edge_loss_weight
-        losses = mask_losses(logits, classes, mask_tgts, edge_weight=edge_weight)
-        if self.maskiou_head is not None:
-            weight = self.mask_cfg.maskiou_weight
-            losses.update(
-                maskiou_loss(
-                    self.maskiou_head,
-                    pooled,
-                    logits,
-                    classes=classes,
-                    mask_targets=mask_tgts,
-                    weight=weight,
-                )
+    def forward_train(
+        self, features: list[Tensor], proposals: list[Proposals], targets: list[Targets]
+    ) -> tuple[dict[str, Tensor], dict]:
+        """Losses and diagnostics (a flat dict) and the tutorial's intermediates of one step."""
+        samples = sample_rois(proposals, targets, self.box_cfg)
+        box_feats = self.box_features(features, samples.rois)
+        preds = self.box_predict(box_feats)
+        intermediates = box_intermediates(samples, preds)
+        losses = box_losses(
+            preds.cls_logits,
+            preds.box_deltas,
+            intermediates["rcnn_cls_targets"],
+            box_targets=intermediates["rcnn_box_targets"],
+            beta=self.box_cfg.smooth_l1_beta,
+        )
+        if self.mask_head is not None:
+            classes = torch.cat([c[c > 0] - 1 for c in samples.gt_classes])
+            mask_feats = self.positive_mask_features(features, samples, box_feats)
+            masks = MaskPredictions(self.mask_head(mask_feats), classes)
+            mask_tgts = positive_mask_targets(samples, targets, masks.logits.shape[-1])
+            edge_weight = self.mask_cfg.edge_loss_weight
+            losses.update(mask_losses(masks.logits, classes, mask_tgts, edge_weight=edge_weight))
+            if self.maskiou_head is not None:
+                weight = self.mask_cfg.maskiou_weight
+                losses.update(
+                    maskiou_loss(self.maskiou_head, mask_feats, masks.logits, classes=classes,
+                                 mask_targets=mask_tgts, weight=weight)
+                )  # fmt: skip
+            intermediates["mask_targets"] = mask_tgts
+            intermediates["mask_logits"] = masks.logits
+        return losses, intermediates
+
+    def detect(
+        self, preds: BoxPredictions, rois: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[HeadDetections]:
+        """Decode ``preds`` of ``rois`` (one [R_i, 4] per image) into each image's detections."""
+        counts = [len(r) for r in rois]
+        decoded = self.box_coder.decode(preds.box_deltas, torch.cat(rois))
+        decoded = decoded.view(len(preds), preds.box_deltas.shape[1] // 4, 4)  # R may be 0
+        return [
+            HeadDetections(*postprocess_boxes(logits, boxes, size, self.box_cfg))
+            for logits, boxes, size in zip(
+                preds.cls_logits.split(counts), decoded.split(counts), image_sizes, strict=True
             )
-        return losses, mask_tgts, logits
+        ]
 
     @torch.no_grad()
-    def forward_test(self, features, proposals, image_sizes) -> list[dict[str, Tensor]]:
-        """Detections per image (padded-image coordinates): boxes, scores, labels[, mask_probs]."""
+    def forward_test(
+        self, features: list[Tensor], proposals: list[Proposals], image_sizes
+    ) -> list[HeadDetections]:
+        """Detections per image in padded-image coordinates (mask probabilities per box)."""
         rois = [p.boxes for p in proposals]
-        cls_logits, box_deltas = self.box_forward(features, rois)
-        counts = [len(r) for r in rois]
-        decoded = self.box_coder.decode(box_deltas, torch.cat(rois))
-        decoded = decoded.view(len(box_deltas), box_deltas.shape[1] // 4, 4)  # R may be 0
-        results = []
-        for logits, boxes, size in zip(
-            cls_logits.split(counts), decoded.split(counts), image_sizes, strict=True
-        ):
-            det_boxes, scores, labels = postprocess_boxes(logits, boxes, size, self.box_cfg)
-            results.append({"boxes": det_boxes, "scores": scores, "labels": labels})
+        results = self.detect(
+            self.box_predict(self.box_features(features, rois)), rois, image_sizes
+        )
         if self.mask_head is not None:
             self.mask_test(features, results)
         return results
 
-    def mask_test(self, features: list[Tensor], results: list[dict[str, Tensor]]) -> None:
-        """Adds ``mask_probs`` [N, M, M] to each image's ``results``; with the MaskIoU head, the
-        scores become class score x predicted mask IoU (``rcnn.models.maskiou``)."""
-        pooled = self.mask_features(features, [r["boxes"] for r in results])
-        logits = self.mask_head(pooled)
-        labels = torch.cat([r["labels"] for r in results])
-        probs = logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
-        counts = [len(r["boxes"]) for r in results]
+    def mask_test(self, features: list[Tensor], results: list[HeadDetections]) -> None:
+        """Sets each result's ``mask_probs`` [N, M, M]; with the MaskIoU head, the scores become
+        class score x predicted mask IoU (``rcnn.models.maskiou``), re-sorted."""
+        boxes = [r.boxes for r in results]
+        labels = torch.cat([r.labels for r in results])
+        mask_feats = self.mask_features(features, boxes)
+        probs = MaskPredictions(self.mask_head(mask_feats), labels).class_logits().sigmoid()
+        counts = [len(b) for b in boxes]
         if self.maskiou_head is not None:
-            scores = torch.cat([r["scores"] for r in results])
-            scores = rescore(self.maskiou_head, pooled, probs, labels=labels, scores=scores)
+            scores = torch.cat([r.scores for r in results])
+            scores = rescore(self.maskiou_head, mask_feats, probs, labels=labels, scores=scores)
             for result, rescored in zip(results, scores.split(counts), strict=True):
-                result["scores"] = rescored
+                result.scores = rescored
         for result, mask_probs in zip(results, probs.split(counts), strict=True):
-            result["mask_probs"] = mask_probs
+            result.mask_probs = mask_probs
             if self.maskiou_head is not None:  # sorted by the new scores (Detections' order)
-                order = result["scores"].argsort(descending=True)
-                result.update({key: value[order] for key, value in result.items()})
+                order = result.scores.argsort(descending=True)
+                result.boxes, result.scores = result.boxes[order], result.scores[order]
+                result.labels, result.mask_probs = result.labels[order], mask_probs[order]
+
+
+def _pool_options(cfg: BoxHeadConfig) -> dict:
+    """RoI pooling options shared by the box and mask poolers."""
+    return {
+        "mode": cfg.pool_mode,
+        "aligned": cfg.aligned,
+        "canonical_scale": cfg.canonical_scale,
+        "canonical_level": cfg.canonical_level,
+    }

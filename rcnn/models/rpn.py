@@ -127,9 +127,9 @@ def anchor_targets(
     all_labels, all_targets = [], []
     for target in targets:
         attached = target.rpn_targets
-        if attached is not None and len(attached["labels"]) == len(anchors):
-            labels = attached["labels"].to(anchors.device)
-            box_targets = attached["box_targets"].to(anchors.device, anchors.dtype)
+        if attached is not None and len(attached) == len(anchors):
+            labels = attached.labels.to(anchors.device)
+            box_targets = attached.box_targets.to(anchors.device, anchors.dtype)
         else:
             out = generator(anchors, target.boxes, target.ignore, target.image_size)
             labels, box_targets = out.labels, out.box_targets

@@ -9,36 +9,15 @@ One component, two callers: the model's RPN (``rpn.anchor_targets``) and the dat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from rcnn.models.config import RPNConfig
 from rcnn.ops.boxes import BoxCoder
 from rcnn.ops.matching import BalancedSampler, Matcher, match_labels
+from rcnn.structures import RPNTargets
 
-
-@dataclass
-class RPNTargets:
-    """Targets of the N anchors of one image.
-
-    Attributes:
-        labels: int64 [N]: 1 positive, 0 negative, -1 not sampled / ignored.
-        box_targets: float32 [N, 4] encoded offsets (zero where ``labels != 1``).
-        box_weights: float32 [N, 4]: 1 on positives, 0 elsewhere (GluonCV's ``rpn_box_masks``).
-    """
-
-    labels: Tensor
-    box_targets: Tensor
-    box_weights: Tensor
-
-    def as_dict(self) -> dict[str, Tensor]:
-        return {
-            "labels": self.labels,
-            "box_targets": self.box_targets,
-            "box_weights": self.box_weights,
-        }
+__all__ = ["RPNTargetGenerator", "RPNTargets", "inside_image"]
 
 
 def inside_image(anchors: Tensor, image_size: tuple[int, int], allowed_border: float) -> Tensor:

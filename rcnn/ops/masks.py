@@ -15,6 +15,13 @@ from torchvision.ops import roi_align
 from rcnn.structures import InstanceMask, is_rle
 
 
+def instance_bitmap(mask: InstanceMask, height: int, width: int) -> np.ndarray:
+    """uint8 ``[H, W]`` 0/1 bitmap of one instance's polygons (merged) or RLE (pycocotools)."""
+    if not is_rle(mask):
+        mask = mask_util.merge(mask_util.frPyObjects([p.tolist() for p in mask], height, width))
+    return mask_util.decode(mask)
+
+
 def rasterize_polygons_in_box(polygons: list[np.ndarray], box: np.ndarray, size: int) -> np.ndarray:
     """Crop ``polygons`` (flat [x0, y0, ...] in image pixels) to ``box`` and rasterise at M x M.
 

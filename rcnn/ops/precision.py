@@ -96,9 +96,15 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         if amp == "auto":
             logger.info("--amp auto: this CPU has no native bf16 (AMX / AVX512-BF16): float32")
             return None
-        logger.warning("--amp bf16: this CPU has no native bf16; autocast will be slow")
+        _warn_emulated_bf16()
     register_cpu_autocast_ops()
     return torch.bfloat16
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    """Once per process."""
+    logger.warning("--amp bf16: this CPU has no native bf16 (AMX / AVX512-BF16): emulated, slow")
 
 
 _CPU_AUTOCAST_LIBRARY: list = []  # the registration lives as long as the process (once)

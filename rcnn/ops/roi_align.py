@@ -279,11 +279,11 @@ def roi_align(
     workers = max(1, min(torch.get_num_threads(), len(rois) // MIN_ROIS_PER_THREAD))
     if feature.device.type != "cpu" or torch.jit.is_scripting():
         return tv_roi_align(feature, rois, size, spatial_scale, sampling_ratio, aligned)
-    if workers < 2 and not (feature.requires_grad and _sparse_usable(sampling_ratio)):
-        return tv_roi_align(feature, rois, size, spatial_scale, sampling_ratio, aligned)
     if feature.dtype != torch.float32:  # float32 CPU kernels; worker threads run without autocast
         pooled = roi_align(feature.float(), rois, size, spatial_scale, sampling_ratio, aligned)
         return pooled.to(feature.dtype)
+    if workers < 2 and not (feature.requires_grad and _sparse_usable(sampling_ratio)):
+        return tv_roi_align(feature, rois, size, spatial_scale, sampling_ratio, aligned)
     feature = feature.contiguous()
     rois = rois.to(feature.dtype)
     with torch.autocast("cpu", enabled=False):  # float32 in, float32 kernels (main thread too)

@@ -1,4 +1,4 @@
-"""torchvision detection checkpoints -> our models.
+"""torchvision detection checkpoints -> our state dicts and model-config changes.
 
 Shape shorthand: C classes (ours, no background); torchvision's heads have C + 1 (background 0).
 
@@ -9,6 +9,7 @@ Labels: ours = torchvision's - 1.
 torchvision's published ``COCO_V1`` files (``weights="COCO_V1"`` fetches them into the torch hub
 cache) are recognised by file name: their 90 classes get torchvision's COCO names, and those of the
 v1 builders the frozen-BN epsilon 0 they were trained and are evaluated with. Nothing is downloaded.
+``rcnn.zoo.load_torchvision`` builds our model from such a file.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
+from torchvision.models import get_model_weights
 
 from rcnn.errors import CheckpointError
-from rcnn.weights import load_state_dict_checked, read_state_dict
 
 BUILDERS = (
     "fasterrcnn_resnet50_fpn",
@@ -55,8 +57,6 @@ log = logging.getLogger(__name__)
 
 def published_weights(name: str):
     """torchvision's ``COCO_V1`` weights entry of builder ``name`` (URL, metadata); no download."""
-    from torchvision.models import get_model_weights
-
     return get_model_weights(name)["COCO_V1"]
 
 
@@ -127,47 +127,45 @@ def num_classes_of(state_dict: Mapping[str, Tensor]) -> int:
     return int(state_dict[key].shape[0]) - 1
 
 
-def load_torchvision(
-    name: str,
-    state_dict_or_path,
+def is_torchvision_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
+    """True for a state dict in torchvision's naming (its RPN head's ``cls_logits``)."""
+    return "rpn.head.cls_logits.weight" in state_dict
+
+
+def config_changes(
+    state_dict: Mapping[str, Tensor],
+    source,
     *,
     classes: list[str] | None = None,
     norm_eps: float | None = None,
-):
-    """Our model for torchvision builder ``name`` carrying the given torchvision weights.
+) -> dict[str, Any]:
+    """The model-config changes (dotted keys) that torchvision's ``state_dict`` implies.
 
     Args:
-        name: one of ``BUILDERS``.
-        state_dict_or_path: torchvision's ``model.state_dict()`` or a file holding it.
+        state_dict: torchvision's ``model.state_dict()`` (its naming).
+        source: where it came from: a file path (recognised by name, ``published_norm_eps``) or
+            anything else (a state dict in memory).
         classes: C class names (default ``default_class_names``: torchvision's COCO names for
             its 90-label heads, else ``class_1`` .. ``class_C``).
         norm_eps: frozen-BN epsilon. Default: 0.0 for torchvision's published ``COCO_V1`` file
-            of a v1 builder (recognised by its file name, ``published_norm_eps``), else the
-            preset's 1e-5. Pass 0.0 for a state dict taken from such a model in memory.
+            of a v1 builder, else no change (the preset's 1e-5). Pass 0.0 for a state dict taken
+            from such a model in memory.
+
+    Returns:
+        ``{"classes": (...)}`` and, where it changes, ``{"backbone.norm_eps": eps}``.
 
     Raises:
-        CheckpointError: missing / unexpected keys or wrong shapes, all listed.
+        CheckpointError: not torchvision's detector, or class names that do not fit its head.
     """
-    from rcnn.models.build import build_model
-    from rcnn.zoo import get_preset
-
-    if name not in BUILDERS:
-        raise CheckpointError(f"unknown torchvision builder {name!r}; expected one of {BUILDERS}")
-    source = state_dict_or_path if isinstance(state_dict_or_path, str) else name
-    state_dict = read_state_dict(state_dict_or_path)
     num_classes = num_classes_of(state_dict)
-    cfg = get_preset(name).model
-    cfg.classes = tuple(classes) if classes else default_class_names(num_classes)
-    if len(cfg.classes) != num_classes:
-        raise CheckpointError(f"{source}: {len(cfg.classes)} class names for {num_classes} classes")
-    cfg.backbone.pretrained_base = False
+    names = tuple(classes) if classes else default_class_names(num_classes)
+    if len(names) != num_classes:
+        raise CheckpointError(f"{source}: {len(names)} class names for {num_classes} classes")
+    changes: dict[str, Any] = {"classes": names}
     if norm_eps is None:
-        norm_eps = published_norm_eps(state_dict_or_path)
+        norm_eps = published_norm_eps(source)
         if norm_eps is not None:
             log.info("%s: torchvision's published v1 weights: frozen-BN eps %g", source, norm_eps)
     if norm_eps is not None:
-        cfg.backbone.norm_eps = norm_eps
-    model = build_model(cfg)
-    own_keys = set(model.state_dict())
-    load_state_dict_checked(model, convert_state_dict(state_dict, own_keys), source=source)
-    return model
+        changes["backbone.norm_eps"] = norm_eps
+    return changes

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from rcnn.cli import main
-from rcnn.cli.train import resolve_config
+from rcnn.cli.train import config_from_args as resolve_config
 
 
 def _image(path, size=(40, 60), value=120):

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from rcnn.cli import build_parser, main
-from rcnn.cli.train import resolve_config
+from rcnn.cli.train import config_from_args
 from rcnn.config import to_dict
 from rcnn.engine.checkpoint import save_checkpoint
 
@@ -37,7 +37,7 @@ def _error(capsys, argv: list[str]) -> str:
 def _checkpoint(tmp_path: Path, argv: list[str], class_names: list[str]) -> Path:
     """A checkpoint whose config is what ``rcnn train ARGV`` resolves to."""
     args = build_parser().parse_args(["train", *argv])
-    cfg, _ = resolve_config(args)
+    cfg, _ = config_from_args(args)
     cfg.model.classes = tuple(class_names)
     path = tmp_path / "run" / "last.pth"
     save_checkpoint(path, {"model": {}, "config": to_dict(cfg), "class_names": class_names})
@@ -196,7 +196,7 @@ def test_recipe_defaults_and_linear_lr_scaling():
     from rcnn.zoo import get_preset
 
     def resolve(*argv):
-        return resolve_config(build_parser().parse_args(["train", *argv]))[0]
+        return config_from_args(build_parser().parse_args(["train", *argv]))[0]
 
     name = "mask_rcnn_fpn_resnet50_v1b_coco"
     recipe = get_preset(name).recipe
@@ -214,7 +214,7 @@ def test_config_file_then_flags_then_set(tmp_path):
     path.write_text("network: mask_rcnn_fpn_resnet18_v1b_coco\nlr: 0.3\nwd: 0.001\n"
                     "model:\n  rpn:\n    nms_thresh: 0.6\n")  # fmt: skip
     args = ["train", "-c", str(path), "--wd", "0.002", "--set", "wd=0.003", "--epochs", "2"]
-    cfg, state = resolve_config(build_parser().parse_args(args))
+    cfg, state = config_from_args(build_parser().parse_args(args))
     assert state is None and cfg.network == "mask_rcnn_fpn_resnet18_v1b_coco"
     assert (cfg.lr, cfg.wd, cfg.epochs) == (0.3, 0.003, 2.0)
     assert cfg.model.rpn.nms_thresh == 0.6 and cfg.model.backbone.name == "resnet18"
@@ -224,7 +224,7 @@ def test_every_preset_recipe_resolves():
     from rcnn.zoo import get_preset, list_models
 
     for name in list_models():
-        cfg, _ = resolve_config(build_parser().parse_args(["train", "--network", name]))
+        cfg, _ = config_from_args(build_parser().parse_args(["train", "--network", name]))
         recipe = get_preset(name).recipe
         assert cfg.network == name and cfg.model == get_preset(name).model
         for key, value in recipe.items():
@@ -233,11 +233,11 @@ def test_every_preset_recipe_resolves():
 
 
 def test_default_is_the_shapes_preset_and_its_options_stay_with_shapes():
-    cfg, _ = resolve_config(build_parser().parse_args(["train"]))
+    cfg, _ = config_from_args(build_parser().parse_args(["train"]))
     assert cfg.network == "mask_rcnn_shapes" and cfg.dataset == "shapes"
     assert cfg.model.classes == ("square", "circle", "triangle") and cfg.model.mask_on
     assert "num_train" in cfg.dataset_options
-    other, _ = resolve_config(build_parser().parse_args(["train", "--dataset", FRUITS]))
+    other, _ = config_from_args(build_parser().parse_args(["train", "--dataset", FRUITS]))
     assert other.dataset_options == {}
 
 
@@ -246,7 +246,7 @@ def test_fast_flag_trains_the_optimized_model():
     from rcnn.models.fast import FoldedConv2d
 
     def resolve(*argv):
-        return resolve_config(build_parser().parse_args(["train", *argv]))[0]
+        return config_from_args(build_parser().parse_args(["train", *argv]))[0]
 
     name = "mask_rcnn_fpn_resnet18_v1b_coco"  # frozen BN: every body conv folds
     fast, plain = resolve("--network", name, "--fast"), resolve("--network", name)

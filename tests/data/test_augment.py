@@ -117,7 +117,7 @@ def test_jitters_off_draw_what_resize_and_flip_drew():
 
 def test_augmentation_flags_reach_the_config():
     from rcnn.cli import build_parser
-    from rcnn.cli.train import resolve_config
+    from rcnn.cli.train import config_from_args as resolve_config
     from rcnn.errors import UserError
 
     argv = ["train", "--flip-prob", "0.2", "--color-jitter", "0.3", "--scale-jitter", "0.5,1.5"]

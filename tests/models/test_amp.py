@@ -66,6 +66,9 @@ def test_train_mode_is_left_to_the_training_loop():
     batch = torch.rand(1, 3, 64, 64)
     assert model.backbone(batch)["p2"].dtype == torch.float32
     assert model._eval_autocast_handles  # hooks installed, but only eval-mode forwards use them
+    with pytest.raises(ValueError, match="expected an image tensor"):
+        model.eval()([torch.zeros(2, 5, 5, dtype=torch.uint8)])
+    assert not torch.is_autocast_enabled("cpu")  # a failed forward leaves no autocast behind
 
 
 def test_off_is_todays_model_and_auto_follows_the_processor(monkeypatch):

@@ -14,7 +14,7 @@ import torchvision
 from rcnn.errors import CheckpointError
 from rcnn.models.build import build_model
 from rcnn.models.config import ModelConfig
-from rcnn.models.pretrained import ENV_VAR, hub_cache_path, imagenet_url
+from rcnn.models.pretrained import ENV_VAR, hub_cache_path, imagenet_url, load_pretrained_base
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,11 @@ def test_missing_or_unexpected_keys_raise(imagenet_file, tmp_path):
 def test_off_does_not_look_for_weights(tmp_path):
     cfg = config(weights=str(tmp_path / "nope.pth"))
     cfg.backbone.pretrained_base = False
-    build_model(cfg)  # no error: the file is not needed
+    model = build_model(cfg)  # the missing file is not an error: it is not looked for
+    assert load_pretrained_base(model.backbone.body, cfg) is None
+    cfg.backbone.pretrained_base = True
+    with pytest.raises(CheckpointError, match=r"nope\.pth: backbone weight file .* not found"):
+        build_model(cfg)
 
 
 def test_narrow_body_warns_instead_of_looking_up_weights(tmp_path, monkeypatch, caplog):

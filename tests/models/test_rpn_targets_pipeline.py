@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rcnn.data.rpn_targets import RPNTargetTransform
 from rcnn.models.build import build_model
 from rcnn.models.config import ModelConfig
 from rcnn.structures import Targets
@@ -38,8 +37,8 @@ def sample(height=150, width=200) -> tuple[torch.Tensor, Targets]:
 
 def model_targets(model, images, targets, seed: int) -> dict:
     torch.manual_seed(seed)
-    out = model(images, targets, return_intermediates=True)
-    return out["intermediates"]
+    _, intermediates = model(images, targets, return_intermediates=True)
+    return intermediates
 
 
 @pytest.mark.parametrize("arch", ["fpn", "c4"])
@@ -49,22 +48,22 @@ def test_pipeline_targets_equal_model_targets(arch):
     model = build_model(cfg).train()
     image, target = sample()
     inter = model_targets(model, [image], [target], seed=7)
-    pipeline = RPNTargetTransform(cfg)
+    pipeline = model.rpn_target_transform()
     same_image, attached = pipeline(image, target, generator=torch.Generator().manual_seed(7))
     assert same_image is image
     rpn = attached.rpn_targets
-    assert len(rpn["labels"]) == len(inter["anchors"])
+    assert len(rpn.labels) == len(inter["anchors"])
     assert torch.equal(pipeline.anchors(target.image_size), inter["anchors"])
-    assert int((rpn["labels"] == 1).sum()) > 0 and int((rpn["labels"] == 0).sum()) > 0
-    assert torch.equal(rpn["labels"], inter["rpn_labels"][0])
-    assert torch.equal(rpn["box_targets"], inter["rpn_box_targets"][0])
-    assert torch.equal(rpn["box_weights"], inter["rpn_box_weights"][0])
+    assert int((rpn.labels == 1).sum()) > 0 and int((rpn.labels == 0).sum()) > 0
+    assert torch.equal(rpn.labels, inter["rpn_labels"][0])
+    assert torch.equal(rpn.box_targets, inter["rpn_box_targets"][0])
+    assert torch.equal(rpn.box_weights, inter["rpn_box_weights"][0])
     # the labels before sampling are the same too, and the sample is drawn from them
     _, before = pipeline.target_generator.label(
         inter["anchors"], target.boxes, target.ignore, target.image_size
     )
-    assert torch.all((rpn["labels"] == -1) | (rpn["labels"] == before))
-    assert int((rpn["labels"] >= 0).sum()) == cfg.rpn.batch_size_per_image
+    assert torch.all((rpn.labels == -1) | (rpn.labels == before))
+    assert int((rpn.labels >= 0).sum()) == cfg.rpn.batch_size_per_image
 
 
 def test_model_uses_attached_targets_when_anchors_agree():
@@ -72,12 +71,13 @@ def test_model_uses_attached_targets_when_anchors_agree():
     cfg = tiny("fpn")
     model = build_model(cfg).train()
     image, target = sample()
-    _, attached = RPNTargetTransform(cfg)(image, target, generator=torch.Generator().manual_seed(1))
+    pipeline = model.rpn_target_transform()
+    _, attached = pipeline(image, target, generator=torch.Generator().manual_seed(1))
     inter = model_targets(model, [image], [attached], seed=99)  # another stream: not recomputed
-    assert torch.equal(inter["rpn_labels"][0], attached.rpn_targets["labels"])
+    assert torch.equal(inter["rpn_labels"][0], attached.rpn_targets.labels)
     # a batch padded beyond the small image's own size: the model computes its own targets
     small_image, small = sample(100, 120)
-    _, small = RPNTargetTransform(cfg)(small_image, small)
+    _, small = pipeline(small_image, small)
     inter = model_targets(model, [image, small_image], [attached, small], seed=3)
-    assert len(inter["rpn_labels"][1]) != len(small.rpn_targets["labels"])
-    assert torch.equal(inter["rpn_labels"][0], attached.rpn_targets["labels"])
+    assert len(inter["rpn_labels"][1]) != len(small.rpn_targets.labels)
+    assert torch.equal(inter["rpn_labels"][0], attached.rpn_targets.labels)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from rcnn.config import TrainConfig, apply_dict
 from rcnn.data import TrainTransform, build_dataset
 from rcnn.engine.optim import build_optimizer
 from rcnn.engine.train import Schedule
 from rcnn.evaluation import build_evaluator
 from rcnn.models.build import build_model
 from rcnn.models.shapes_preset import MAX_ITERS, NUM_TRAIN, SHAPES_CLASSES, shapes_model
+from rcnn.resolve import resolve_config
 from rcnn.zoo import get_preset
 
 OVERFIT_STEPS = 250
@@ -18,11 +18,8 @@ OVERFIT_STEPS = 250
 
 def test_recipe_resolves_to_a_valid_train_config():
     preset = get_preset("mask_rcnn_shapes")
-    cfg = TrainConfig(network=preset.name)
-    for key, value in preset.recipe.items():
-        apply_dict(cfg, {key: value})
-    cfg.model = preset.model
-    cfg.validate()
+    cfg = resolve_config("mask_rcnn_shapes")
+    assert cfg.model == preset.model and cfg.batch_size == preset.recipe["batch_size"]
     schedule = Schedule.from_config(cfg, NUM_TRAIN, 1)
     assert schedule.max_iters == MAX_ITERS == 800
     assert cfg.dataset_options["num_train"] == NUM_TRAIN

@@ -17,7 +17,7 @@ from torchvision.models import detection
 
 from rcnn.models.layers import freeze_batchnorm
 from rcnn.ops.precision import cpu_isa
-from rcnn.weights import load_torchvision
+from rcnn.zoo import load_torchvision
 
 MIN_SIZE, MAX_SIZE, DETECTIONS = 200, 256, 20
 PRE_NMS, POST_NMS = 400, 200  # proposals at test time (per level / per image), for speed

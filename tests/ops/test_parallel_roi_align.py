@@ -62,14 +62,15 @@ def test_inference_mode_and_few_rois():
         assert torch.equal(ours, tv_roi_align(feature, rois, (7, 7), 0.25, 2, False))
 
 
-def test_bf16_features_pool_in_float32_and_come_back_in_bf16():
+def test_bf16_features_pool_in_float32_and_come_back_in_bf16(torch_threads):
     """Under CPU autocast the features may be bf16: pooled in float32 (the kernel's dtype)."""
-    torch.set_num_threads(2)
+    torch_threads(2)
     features = torch.randn(2, 8, 32, 32).bfloat16()
     rois = torch.tensor([[0, 1, 1, 20, 20.0]] * 40 + [[1, 3, 2, 30, 25.0]] * 40)
-    pooled = roi_align(features, rois, 7, 1.0, 2, True)
-    expected = tv_roi_align(features.float(), rois, (7, 7), 1.0, 2, True).bfloat16()
-    assert pooled.dtype == torch.bfloat16 and torch.equal(pooled, expected)
+    for count in (80, 3):  # threaded, and one chunk (without autocast)
+        pooled = roi_align(features, rois[:count], 7, 1.0, 2, True)
+        expected = tv_roi_align(features.float(), rois[:count], (7, 7), 1.0, 2, True).bfloat16()
+        assert pooled.dtype == torch.bfloat16 and torch.equal(pooled, expected)
 
 
 @pytest.mark.parametrize("ratio", [1, 2, 4, 0])

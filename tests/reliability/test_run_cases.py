@@ -108,12 +108,12 @@ def test_train_rejects_bad_values(tmp_path, capsys, name, argv, message):
 
 def test_scientific_notation_is_a_float():
     from rcnn.cli import build_parser
-    from rcnn.cli.train import resolve_config
+    from rcnn.cli.train import config_from_args
 
     args = build_parser().parse_args(
         ["train", "--lr", "1e-3", "--wd", "1E-4", "--momentum", "9e-1"]
     )
-    cfg, _ = resolve_config(args)
+    cfg, _ = config_from_args(args)
     assert (cfg.lr, cfg.wd, cfg.momentum) == (0.001, 0.0001, 0.9)
 
 
@@ -190,14 +190,14 @@ def test_unwritable_output_folder(tmp_path, capsys, monkeypatch):
 
 def test_relative_dataset_resumes_from_another_folder(tmp_path, monkeypatch, run):
     from rcnn.cli import build_parser
-    from rcnn.cli.train import resolve_config
+    from rcnn.cli.train import config_from_args
 
     monkeypatch.chdir(run["root"].parent)
     args = build_parser().parse_args(["train", "--dataset", "ds", *TINY])
-    cfg, _ = resolve_config(args)
+    cfg, _ = config_from_args(args)
     assert cfg.dataset == str(run["root"])  # stored absolute in config.yaml and checkpoints
     monkeypatch.chdir(tmp_path)
-    resumed, state = resolve_config(
+    resumed, state = config_from_args(
         build_parser().parse_args(["train", "--resume", str(run["ckpt"])])
     )
     assert resumed.dataset == str(run["root"]) and state["iteration"] == 1

@@ -8,8 +8,8 @@ import torch
 from torchvision.models import detection
 
 from rcnn.errors import CheckpointError, UserError
-from rcnn.weights import load_state_dict_checked, load_torchvision
-from rcnn.zoo import COCO_CLASSES, get_model, get_preset, list_models
+from rcnn.weights import load_state_dict_checked
+from rcnn.zoo import COCO_CLASSES, get_model, get_preset, list_models, load_torchvision
 
 TINY = "mask_rcnn_fpn_resnet18_v1b_coco"
 

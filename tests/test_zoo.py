@@ -112,8 +112,7 @@ def test_c4_model_shapes():
     assert model.rpn.head.conv[0][0].out_channels == 1024
     image, target = sample(True)
     model.train()
-    out = model([image], [target], return_intermediates=True)
-    inter = out["intermediates"]
+    _, inter = model([image], [target], return_intermediates=True)
     assert inter["anchors"].shape == ((HEIGHT // 16) * (WIDTH // 16) * 15, 4)
     assert inter["mask_targets"].shape[1:] == (14, 14)
     features = model.backbone(torch.zeros(1, 3, HEIGHT, WIDTH))

@@ -1,4 +1,5 @@
-"""TrainConfig: --set overrides with type checks, unknown keys, yaml round trip, intervals."""
+"""TrainConfig (rcnn/config.py): --set overrides with type checks, unknown keys, yaml round trip,
+intervals."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Deployment: ONNX export of an RCNN and its onnxruntime runner."""
