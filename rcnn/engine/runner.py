@@ -49,7 +49,14 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
     """Read (or, for shapes, generate) the datasets; ``UserError`` for an empty one."""
 
     size = cfg.model.input
-    transform = TrainTransform(size.train_short, size.max_size, short_mode=size.short_mode)
+    transform = TrainTransform(
+        size.train_short,
+        size.max_size,
+        short_mode=size.short_mode,
+        flip_prob=cfg.flip_prob,
+        color_jitter=cfg.color_jitter,
+        scale_jitter=tuple(cfg.scale_jitter) or None,
+    )
     options = _dataset_options(cfg)
     train_set = build_dataset(
         cfg.dataset, "train", data_root=cfg.data_root, transform=transform, **options
@@ -59,7 +66,8 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
         if len(dataset) == 0:
             raise UserError(
                 f"dataset {cfg.dataset} ({dataset.source}): the {split} split has no images "
-                "after filtering (images without objects are skipped for training)"
+                "after filtering (images without objects are skipped for training unless "
+                "--keep-empty)"
             )
     if len(train_set) < cfg.batch_size:
         logger.warning(

@@ -180,6 +180,10 @@ class MaskHeadConfig:
     norm: str = checked("", ("", "frozen_bn", "bn", "gn", "syncbn"))
     # Sobel edge loss on masks (seed 003); 0 = off
     edge_loss_weight: float = checked(0.0, "[0, inf)")
+    # Mask Scoring R-CNN's MaskIoU head (rcnn.models.maskiou)
+    maskiou: bool = False
+    maskiou_weight: float = checked(1.0, "[0, inf)")
+    maskiou_fc_dim: int = checked(1024, "[1, inf)")
 
 
 @dataclass
