@@ -71,6 +71,9 @@ class TrainConfig:
     trains with ``rcnn.models.fast.optimize`` (frozen BN folded into its conv, channels-last):
     faster, the same checkpoints, results within float rounding of the default model.
     ``val_max_images`` > 0 validates on the first that many val images (0: all of them).
+    Augmentation (``rcnn.data.augment.TrainTransform``): ``flip_prob``, ``color_jitter``
+    (brightness/contrast/saturation strength, 0: off), ``scale_jitter`` (``[lo, hi]`` large-scale
+    jitter factors with a random crop, empty: off).
     """
 
     network: str = "mask_rcnn_shapes"
@@ -111,6 +114,10 @@ class TrainConfig:
     early_stop_patience: int = checked(0, "[0, inf)")
     early_stop_min_delta: float = checked(0.001, "[0, inf)")
     vis_images: int = checked(4, "[0, inf)")
+    flip_prob: float = checked(0.5, "[0, 1]")
+    color_jitter: float = checked(0.0, "[0, 1)")  # 0 = off
+    # [lo, hi] large-scale jitter factors; empty = off (two values checked in ``validate``)
+    scale_jitter: list[float] = field(default_factory=list, metadata={"accepts": "(0, inf)"})
     dataset_options: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -121,6 +128,12 @@ class TrainConfig:
         check_values(self)
         if self.epochs <= 0 and self.max_iters <= 0:
             raise UserError("config: epochs or max_iters must be > 0")
+        jitter = self.scale_jitter
+        if jitter and (len(jitter) != 2 or jitter[0] > jitter[1]):
+            raise UserError(
+                f"config: scale_jitter={list(jitter)} must be empty (off) or two factors "
+                "0 < lo <= hi, e.g. 0.5,1.5"
+            )
         parse_interval(self.save_interval, "save_interval")
         parse_interval(self.val_interval, "val_interval")
 
@@ -129,17 +142,18 @@ BUILTIN_DATASETS = ("shapes", "coco", "voc")
 
 
 def absolute_paths(cfg: TrainConfig, saved: dict[str, Any] | None = None) -> None:
-    """Make ``dataset`` (a path, not a built-in name) and ``data_root`` absolute when they exist,
-    in ``cfg`` and in a resumed checkpoint's ``saved`` config dict, so that a run started with a
-    relative path resumes from any folder and compares equal to its checkpoint."""
+    """Make ``dataset`` (a path that exists, not a built-in name) and ``data_root`` (where shapes
+    may be generated yet) absolute, in ``cfg`` and in a resumed checkpoint's ``saved`` config
+    dict, so that a run started with a relative path resumes from any folder and compares equal
+    to its checkpoint."""
     for tree in ([saved] if saved else []) + [None]:
         for key in ("dataset", "data_root"):
             value = tree.get(key) if tree is not None else getattr(cfg, key)
             if not value or (key == "dataset" and value in BUILTIN_DATASETS):
                 continue
             path = os.path.expanduser(str(value))
-            if not os.path.exists(path):
-                continue
+            if key == "dataset" and not os.path.exists(path):
+                continue  # reported as missing, as the user typed it
             if tree is not None:
                 tree[key] = os.path.abspath(path)
             else:

@@ -190,3 +190,22 @@ def draw_instances(
             (float(box[0]) + 1, float(box[1]) - offset), caption, fill=(255, 255, 255), font=font
         )
     return picture
+
+
+def color_splash(image: Any, masks: Any) -> Image.Image:
+    """Matterport's colour splash: the masked instances in colour over a grayscale image.
+
+    Args:
+        image: uint8 ``[3, H, W]`` tensor (or ``[H, W, 3]`` array).
+        masks: bool ``[N, H, W]`` instance masks (None or N = 0: the whole image in grayscale).
+
+    Returns:
+        An RGB ``PIL.Image``: original pixels where any mask is set, ITU-R 601 luma elsewhere
+        (Pillow's ``convert("L")``, repeated on the three channels).
+    """
+    array = _hwc_image(image)
+    gray = np.asarray(Image.fromarray(array).convert("L").convert("RGB"))
+    if masks is None or len(masks) == 0:
+        return Image.fromarray(gray)
+    keep = _to_numpy(masks).astype(bool).any(0)
+    return Image.fromarray(np.where(keep[..., None], array, gray))

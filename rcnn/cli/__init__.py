@@ -56,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"rcnn {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:
-        if error.errno not in REASONS or not error.filename:
+    except OSError as error:  # a write outside rcnn.fileio (logs, pictures): still one line
+        if error.errno not in REASONS:
             raise
-        print(f"rcnn {args.command}: error: {output_error(error, error.filename)}", file=sys.stderr)
+        where = output_error(error, error.filename) if error.filename else REASONS[error.errno]
+        print(f"rcnn {args.command}: error: {where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"rcnn {args.command}: interrupted", file=sys.stderr)

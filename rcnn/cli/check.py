@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from rcnn.cli.data_options import add_data_arguments, data_options
 from rcnn.data.check import build_report, format_report, parse_for_check, save_pictures
 from rcnn.data.records import outside_root_allowed
 from rcnn.errors import DatasetError
@@ -18,11 +19,15 @@ from rcnn.visualize import draw_instances
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--dataset", metavar="PATH", help="any dataset `rcnn train --dataset` reads (detected)"
+    )
     source.add_argument("--coco", metavar="ANN.json", help="a COCO instances json")
     source.add_argument("--voc", metavar="ROOT", help="a VOC folder (xml + images) or VOCdevkit")
     parser.add_argument(
-        "--images", metavar="DIR", help="image folder of --coco (default: searched near the json)"
+        "--images", metavar="DIR", help="image folder (default: found by file name)"
     )
+    add_data_arguments(parser, images=False)
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument(
         "--allow-outside-root",
@@ -37,8 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        options = data_options(args)
         with outside_root_allowed(args.allow_outside_root):
-            parsed = parse_for_check(coco=args.coco, images=args.images, voc=args.voc)
+            parsed = parse_for_check(
+                coco=args.coco, images=options.pop("images", None), voc=args.voc,
+                dataset=args.dataset, options=options,
+            )  # fmt: skip
     except DatasetError as error:
         print(f"rcnn check: unusable: {error}", file=sys.stderr)
         return 1

@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from rcnn.cli.model_source import add_model_arguments, has_model, load_model
+from rcnn.cli.data_options import add_data_arguments, data_options
+from rcnn.cli.model_source import (
+    add_model_arguments,
+    add_tile_arguments,
+    has_model,
+    load_model,
+    tiled,
+)
 from rcnn.data import build_dataset
 from rcnn.engine.checkpoint import load_checkpoint
 from rcnn.engine.inference import first_images, predict_dataset
@@ -35,7 +42,7 @@ from rcnn.engine.relabel import on_dataset_labels
 from rcnn.errors import UserError
 from rcnn.evaluation import build_evaluator
 from rcnn.evaluation.coco import evaluate_coco_results
-from rcnn.evaluation.coco_gt import load_coco_json, records_from_coco
+from rcnn.evaluation.coco_gt import load_coco_json, quiet_coco, records_from_coco
 from rcnn.evaluation.report import (
     json_safe,
     metrics_summary,
@@ -57,15 +64,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = __doc__.split("\n", 1)[1].strip()
     model = parser.add_argument_group("model mode")
     add_model_arguments(model)
-    model.add_argument("--dataset", help="shapes | coco | voc | path to a COCO json or VOC folder")
+    add_tile_arguments(model)
+    model.add_argument(
+        "--dataset", help="shapes | coco | voc | a path: COCO, VOC, labelme, PNG masks, YOLO"
+    )
     model.add_argument("--data-root", help="root folder of the coco / voc datasets")
-    model.add_argument("--split", default="val", choices=["train", "val"], help="default: val")
+    model.add_argument(
+        "--split", default="val", choices=["train", "val", "all"],
+        help="default: val (a single annotation set: its hold-out; all: every image)",
+    )  # fmt: skip
     model.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     model.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
-    model.add_argument(
+    parser.add_argument(
         "--max-images",
         type=int,
-        help="evaluate only the first N images (0: all; default: all, "
+        help="evaluate only the first N images, in both modes (0: all; default: all, "
         "or the run's val_max_images for its own validation data)",
     )
     model.add_argument(
@@ -73,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="follow image paths that leave the dataset folder (../x.jpg, /abs/x.jpg)",
     )
+    add_data_arguments(parser.add_argument_group("data (model mode and --voc)"))
     files = parser.add_argument_group("results mode")
     files.add_argument("--results", help="detections in the COCO results format (json list)")
     files.add_argument("--coco", help="COCO annotation json to score --results against")
@@ -111,9 +125,39 @@ def _print(args: argparse.Namespace, metrics: dict[str, Any], prf_table: str) ->
     print(prf_table)
 
 
+def _first_gt_images(coco_gt: Any, results: list[dict], args: argparse.Namespace):
+    """The ground truth and results narrowed to the json's first ``--max-images`` images."""
+    check_result_ids(results, coco_gt.getImgIds(), coco_gt.getCatIds(), args.results)
+    images = coco_gt.dataset["images"][: args.max_images]
+    keep = {image["id"] for image in images}
+    data = dict(coco_gt.dataset, images=images)
+    data["annotations"] = [a for a in coco_gt.dataset["annotations"] if a["image_id"] in keep]
+    kept = [r for r in results if r["image_id"] in keep]
+    logger.info(
+        "--max-images %d: scoring the first %d images of %s (%d detections on other images left "
+        "out)", args.max_images, len(images), args.coco, len(results) - len(kept),
+    )  # fmt: skip
+    return quiet_coco(data), kept
+
+
+def _warn_uncovered(results: list[dict], image_ids: list, source: str) -> None:
+    """Images the results never name count as images without detections: say so."""
+    named = {r["image_id"] for r in results}
+    missing = len(set(image_ids) - named)
+    if results and missing:
+        logger.warning(
+            "%s names %d of the %d images; the other %d count as images without detections "
+            "(--max-images N scores only the first N)",
+            source, len(image_ids) - missing, len(image_ids), missing,
+        )  # fmt: skip
+
+
 def _eval_coco_file(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]]:
     coco_gt = load_coco_json(args.coco)
     results = load_results(args.results)
+    if args.max_images:
+        coco_gt, results = _first_gt_images(coco_gt, results, args)
+    _warn_uncovered(results, coco_gt.getImgIds(), args.results)
     metrics = evaluate_coco_results(coco_gt, results, source=args.results)
     records, class_names, category_ids = records_from_coco(coco_gt)
     category_to_label = {cid: label for label, cid in enumerate(category_ids)}
@@ -121,7 +165,8 @@ def _eval_coco_file(args: argparse.Namespace) -> tuple[dict, list, dict, list[st
 
 
 def _voc_image_ids(results: list[dict], records: list) -> None:
-    """Let results name VOC images by file stem ("000005") as well as by record image id."""
+    """Let results name VOC images by file stem (``"raccoon-1"``, ``"000005"``) as well as by record
+    image id (an integer; numeric stems are the ids themselves: ``000005`` is image 5)."""
     by_stem = {Path(r.file_name or r.image_path).stem: r.image_id for r in records}
     known = {r.image_id for r in records}
     for result in results:
@@ -131,12 +176,18 @@ def _voc_image_ids(results: list[dict], records: list) -> None:
 
 
 def _eval_voc_file(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]]:
-    dataset = build_dataset(args.voc, args.split)
+    dataset = build_dataset(args.voc, args.split, **data_options(args))
     results = load_results(args.results)
     records = dataset.records
     _voc_image_ids(results, records)
     category_ids = list(dataset.label_to_category_id)
     check_result_ids(results, [r.image_id for r in records], category_ids, args.results)
+    if args.max_images:
+        records = records[: args.max_images]
+        keep = {r.image_id for r in records}
+        results = [r for r in results if r["image_id"] in keep]
+        logger.info("--max-images %d: scoring the first %d images", args.max_images, len(records))
+    _warn_uncovered(results, [r.image_id for r in records], args.results)
     category_to_label = {cid: label for label, cid in enumerate(category_ids)}
     detections = results_to_arrays(results, category_to_label)
     empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
@@ -192,9 +243,10 @@ def _eval_model(args: argparse.Namespace) -> tuple[dict, list, dict, list[str]] 
     distributed = _init_distributed()
     model = load_model(args)
     data_root, options, max_images = run_validation_data(args)
+    options.update(data_options(args))  # the flags win over the run's own settings
     options["allow_outside_root"] = args.allow_outside_root or options.get("allow_outside_root")
     dataset = build_dataset(args.dataset, args.split, data_root=data_root, **options)
-    model = on_dataset_labels(model, dataset.class_names, source=_model_name(args))
+    model = tiled(on_dataset_labels(model, dataset.class_names, source=_model_name(args)), args)
     subset = first_images(dataset, max_images)
     evaluator = build_evaluator(dataset)
     predictions = predict_dataset(

@@ -9,6 +9,7 @@ import argparse
 import torch
 
 from rcnn.engine import checkpoint
+from rcnn.engine.tiling import TiledPredictor
 from rcnn.errors import UserError
 from rcnn.models import fast
 from rcnn.ops.precision import AMP_CHOICES, resolve_amp
@@ -98,3 +99,27 @@ def _load_named_model(args: argparse.Namespace) -> torch.nn.Module:
         weights = args.weights or torchvision_hub_file(args.torchvision)
         return load_torchvision(args.torchvision, weights).to(device).eval()
     raise UserError("give a model: --checkpoint CKPT, or --torchvision NAME [--weights FILE]")
+
+
+def add_tile_arguments(group: argparse._ActionsContainer) -> None:
+    """``--tile SIZE`` and ``--overlap F``: tiled inference (``rcnn.engine.tiling``)."""
+    group.add_argument(
+        "--tile",
+        type=int,
+        metavar="SIZE",
+        help="run the model on overlapping SIZE x SIZE tiles of each image (large images)",
+    )
+    group.add_argument(
+        "--overlap", type=float, default=0.2, help="share of a tile its neighbour overlaps (0.2)"
+    )
+
+
+def tiled(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+    """``model`` wrapped in ``TiledPredictor`` when ``--tile`` is given."""
+    if args.tile is None:
+        return model
+    if args.tile < 32 or not 0.0 <= args.overlap < 1.0:
+        raise UserError(
+            f"--tile must be >= 32 and --overlap in [0, 1), got {args.tile} and {args.overlap}"
+        )
+    return TiledPredictor(model, args.tile, args.overlap)

@@ -8,6 +8,9 @@ detections scoring at least ``--threshold``), ``<output>/results.json`` (those d
 COCO results format; ``image_id`` is the image's position in ``images.json``, ``category_id`` is
 the model's ``label_to_category_id`` when it has one, else label + 1) and ``<output>/images.json``
 (``[{"id", "file_name", "height", "width"}]``). Unreadable images are reported and skipped.
+``--splash`` writes matterport's colour splash instead of the overlay (instances in colour over a
+grayscale image); ``--tile SIZE [--overlap F]`` runs the model on overlapping tiles of large images
+(``rcnn.engine.tiling``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from typing import Any
 
 import torch
 
-from rcnn.cli.model_source import add_model_arguments, has_model, load_model
+from rcnn.cli.model_source import (
+    add_model_arguments,
+    add_tile_arguments,
+    has_model,
+    load_model,
+    tiled,
+)
 from rcnn.data import read_image
 from rcnn.errors import UserError
 from rcnn.evaluation.report import write_json
@@ -28,7 +37,7 @@ from rcnn.evaluation.results import detections_to_results
 from rcnn.export.runtime import OnnxDetector
 from rcnn.fileio import output_folder
 from rcnn.structures import Detections
-from rcnn.visualize import draw_instances
+from rcnn.visualize import color_splash, draw_instances
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder for overlays and results.json")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (0.5)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--splash",
+        action="store_true",
+        help="colour splash: detected instances in colour over a grayscale image (mask models)",
+    )
+    add_tile_arguments(parser)
 
 
 def _folder_images(folder: Path) -> list[Path]:
@@ -110,11 +125,11 @@ def _overlay_path(output: Path, path: Path, used: set[str]) -> Path:
 class _Writer:
     """Collects results and writes one overlay per image."""
 
-    def __init__(self, model: Any, output: Path, threshold: float) -> None:
+    def __init__(self, model: Any, output: Path, threshold: float, splash: bool = False) -> None:
         self.class_names = list(model.class_names)
         mapping = getattr(model, "label_to_category_id", None)
         self.category_ids = list(mapping) if mapping else list(range(1, len(self.class_names) + 1))
-        self.output, self.threshold = output, threshold
+        self.output, self.threshold, self.splash = output, threshold, splash
         self.results: list[dict[str, Any]] = []
         self.images: list[dict[str, Any]] = []
         self.used: set[str] = set()
@@ -127,7 +142,10 @@ class _Writer:
         )
         kept = _keep(detections, self.threshold)
         self.results += detections_to_results(image_id, kept, self.category_ids)
-        picture = draw_instances(image, kept, self.class_names, score_thresh=self.threshold)
+        if self.splash:
+            picture = color_splash(image, kept.masks)
+        else:
+            picture = draw_instances(image, kept, self.class_names, score_thresh=self.threshold)
         picture.save(_overlay_path(self.output, path, self.used))
 
 
@@ -173,8 +191,11 @@ def run(args: argparse.Namespace) -> int:
     output_folder(args.output)  # an existing file or a read-only place: before the model loads
     paths = collect_inputs(args.inputs)
     model = _model(args)
+    if args.splash and not getattr(model, "has_mask", False):
+        raise UserError("--splash needs a model that predicts masks (a mask_rcnn network)")
+    model = tiled(model, args)
     output = output_folder(args.output)
-    writer = _Writer(model, output, args.threshold)
+    writer = _Writer(model, output, args.threshold, splash=args.splash)
     skipped = _predict_batches(model, paths, writer, args.batch_size)
     if not writer.images:
         raise UserError(f"none of the {len(paths)} input images could be read")

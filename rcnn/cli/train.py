@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch.multiprocessing as mp
 
+from rcnn.cli.data_options import DATA_FLAGS, KEEP_EMPTY_HELP
 from rcnn.config import TrainConfig, dump_yaml
 from rcnn.engine import distributed as du
 from rcnn.engine import runner
@@ -36,7 +37,7 @@ FLAGS = [
         "weights",
         "initial weights: an rcnn checkpoint (e.g. from rcnn convert); class rows kept by name",
     ),
-    ("--dataset", "dataset", "coco | voc | shapes | a COCO json / folder of jsons / VOC folder"),
+    ("--dataset", "dataset", "coco | voc | shapes | a path: COCO, VOC, labelme, PNG masks, YOLO"),
     ("--data-root", "data_root", "folder of coco/voc (or where shapes is generated)"),
     ("--output", "output", "run folder (default runs/<network>_<dataset>_<time>/)"),
     ("--gpus", "gpus", "GPU ids, e.g. 0,1,2,3 (one DDP process each); empty: CPU"),
@@ -60,6 +61,10 @@ FLAGS = [
     ("--accumulate", "accumulate", "micro-batches per iteration (gradient accumulation)"),
     ("--early-stop-patience", "early_stop_patience", "validations without gain (0: off)"),
     ("--val-max-images", "val_max_images", "validate on the first N val images (0: all)"),
+    ("--flip-prob", "flip_prob", "probability of a horizontal flip (0.5)"),
+    ("--color-jitter", "color_jitter", "brightness/contrast/saturation jitter strength (0: off)"),
+    ("--scale-jitter", "scale_jitter", "large-scale jitter factors LO,HI with random crop"),
+    *[(flag, f"dataset_options.{key}", text) for flag, key, text in DATA_FLAGS],
 ]
 
 
@@ -78,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     aliases = {"--num-workers": ["-j"]}  # GluonCV's short form
     for flag, key, help_text in FLAGS:
         names = [*aliases.get(flag, []), flag]
-        parser.add_argument(*names, dest=key, default=None, metavar=key.upper(), help=help_text)
+        parser.add_argument(*names, dest=key, default=None, metavar=key.split(".")[-1].upper(),
+                            help=help_text)  # fmt: skip
     parser.add_argument("-c", "--config", default=None, help="yaml file of config keys")
     parser.add_argument(
         "--set",
@@ -106,6 +112,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="SyncBatchNorm across processes",
     )
     parser.add_argument(
+        "--keep-empty",
+        dest="dataset_options.keep_empty",
+        action="store_const",
+        const="true",
+        default=None,
+        help=KEEP_EMPTY_HELP,
+    )
+    parser.add_argument(
         "--deterministic",
         action="store_const",
         const="true",
@@ -126,7 +140,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict | None
     """The resolved, validated config (``rcnn.resolve.resolve_config``: flags are overrides,
     ``--set`` items come after them) and the checkpoint to resume, or None."""
     flags = [(key, getattr(args, key)) for _, key, _ in FLAGS]
-    flags += [(key, getattr(args, key)) for key in ("amp", "sync_bn", "deterministic", "fast")]
+    flags += [
+        (key, getattr(args, key))
+        for key in ("amp", "sync_bn", "deterministic", "fast", "dataset_options.keep_empty")
+    ]
     explicit = [f"{key}={value}" for key, value in flags if value is not None]
     state = load_checkpoint(args.resume) if args.resume else None
     cfg = resolve_config(
@@ -153,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     cfg, state = config_from_args(args)
     gpus = du.parse_gpus(cfg.gpus)
+    _check_sync_bn(cfg, gpus, du.launched_by_torchrun())
     if cfg.dataset not in ("coco", "voc", "shapes") and not os.path.exists(cfg.dataset):
         raise UserError(f"--dataset {cfg.dataset}: no such file or folder")
     if cfg.output and os.path.exists(cfg.output) and not os.path.isdir(cfg.output):
@@ -176,6 +194,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         du.cleanup()
     return 0
+
+
+def _check_sync_bn(cfg: TrainConfig, gpus: list[int], torchrun: bool) -> None:
+    """SyncBatchNorm runs on CUDA only: on the CPU a multi-process run would end in a traceback
+    from every rank at the first forward pass; one process has nothing to synchronise."""
+    if not cfg.sync_bn or gpus:
+        return
+    if torchrun:
+        raise UserError(
+            "--sync-bn needs GPUs (torch's SyncBatchNorm has no CPU implementation); give "
+            "--gpus, or train on the CPU without --sync-bn"
+        )
+    logger.warning("--sync-bn ignored: a single CPU process has no batch norm to synchronise")
 
 
 def _prepare(cfg: TrainConfig, state: dict | None, is_main: bool):

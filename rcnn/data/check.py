@@ -1,4 +1,5 @@
-"""``rcnn check``: validate a COCO or VOC dataset and report every problem with its file and id.
+"""``rcnn check``: validate a dataset (any format ``rcnn.data.detect`` reads) and report every
+problem with its file and id.
 
 The annotations are parsed by the same readers training uses (so every repair or drop they make is
 listed), then every image is decoded to find missing, truncated or unreadable files, EXIF
@@ -14,35 +15,35 @@ from typing import Any
 
 from rcnn.data.coco import load_coco
 from rcnn.data.dataset import DetectionDataset
+from rcnn.data.detect import detect_layout, read_layout
 from rcnn.data.images import UnreadableImageError, load_image
 from rcnn.data.records import ParsedDataset, Problem, is_empty
-from rcnn.data.voc import load_voc_devkit, load_voc_folder
 from rcnn.errors import DatasetError
-
-VOC_DEVKIT_SPLITS = [(2007, "trainval"), (2007, "test"), (2012, "trainval")]
 
 
 def parse_for_check(
-    *, coco: str | None = None, images: str | None = None, voc: str | None = None
+    *,
+    coco: str | None = None,
+    images: str | None = None,
+    voc: str | None = None,
+    dataset: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> ParsedDataset:
-    """Read a COCO json (+ image folder) or a VOC folder / VOCdevkit, keeping every image."""
-    if (coco is None) == (voc is None):
-        raise DatasetError("give exactly one of --coco ANN.json or --voc ROOT")
+    """Every image of a dataset, read as ``rcnn train --dataset`` reads it (``rcnn.data.detect``):
+    ``dataset`` (any layout), a COCO json (``coco``) or a VOC folder / VOCdevkit (``voc``);
+    ``images`` is the image folder of any of them. ``options``: ``annotations``, ``format``,
+    ``classes``, ``class_map`` (see ``build_dataset``)."""
+    if sum(x is not None for x in (coco, voc, dataset)) != 1:
+        raise DatasetError("give exactly one of --dataset PATH, --coco ANN.json or --voc ROOT")
+    options = dict(options or {})
     if coco is not None:
         return load_coco(coco, image_dir=images, skip_empty=False, exact_areas=True)
-    devkit = (
-        os.path.join(voc, "VOCdevkit") if os.path.isdir(os.path.join(voc, "VOCdevkit")) else voc
+    path = voc if voc is not None else dataset
+    fmt = "voc" if voc is not None else options.pop("format", None)
+    layout = detect_layout(
+        path, images=images, annotations=options.pop("annotations", None), format=fmt
     )
-    splits = [
-        (year, name)
-        for year, name in VOC_DEVKIT_SPLITS
-        if os.path.isfile(os.path.join(devkit, f"VOC{year}", "ImageSets", "Main", f"{name}.txt"))
-    ]
-    if splits:
-        return load_voc_devkit(devkit, splits, skip_empty=False)
-    if not os.path.isdir(voc):
-        raise DatasetError(f"{voc}: VOC folder not found")
-    return load_voc_folder(voc, None, skip_empty=False)
+    return read_layout(layout, None, skip_empty=False, options={**options, "exact_areas": True})
 
 
 def _zero_ids(parsed: ParsedDataset) -> list[Problem]:

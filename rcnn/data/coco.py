@@ -36,7 +36,10 @@ from rcnn.data.records import (
 from rcnn.errors import DatasetError
 from rcnn.jsonfile import load_json_file
 
-AREA_TOLERANCE = 0.01  # relative difference above which the json's ``area`` is reported wrong
+# Relative difference above which the json's ``area`` is reported wrong: the tolerance evaluation
+# applies before recomputing (rcnn.evaluation.coco_gt.AREA_TOLERANCE), so that genuine COCO areas
+# (computed by COCO's own tools, a few percent from pycocotools' rasterisation) are not noise.
+AREA_TOLERANCE = 0.05
 
 
 def read_json(path: str) -> dict[str, Any]:
@@ -52,14 +55,16 @@ def read_json(path: str) -> dict[str, Any]:
 
 def image_dir_candidates(json_path: str, split: str | None) -> list[str]:
     """Folders searched for a json's images: beside it, ``images/``, ``../images``,
-    ``../<split>2017``, ``../<split>`` (split from the file name, then the ``split`` hint)."""
+    ``../<split>2017``, ``../<split>``, ``../images/<split>2017``, ``../images/<split>`` (COCO's
+    own download layout; split from the file name, then the ``split`` hint)."""
     here = os.path.dirname(os.path.abspath(json_path))
     candidates = [here, os.path.join(here, "images"), os.path.join(here, "..", "images")]
     stem = os.path.basename(json_path).lower()
     splits = [name for name in ("train", "val", "test") if name in stem]
     splits += [split] if split and split not in splits else []
     for name in splits:
-        candidates += [os.path.join(here, "..", f"{name}2017"), os.path.join(here, "..", name)]
+        for parent in (os.path.join(here, ".."), os.path.join(here, "..", "images")):
+            candidates += [os.path.join(parent, f"{name}2017"), os.path.join(parent, name)]
     return [os.path.normpath(path) for path in candidates]
 
 
@@ -196,7 +201,7 @@ def _box(ann: dict, mask, size: tuple[int, int], where: tuple, problems: list[Pr
 
 def _report_area(ann: dict, area: float, where: tuple, problems: list[Problem]) -> None:
     stated = ann.get("area")
-    if isinstance(stated, (int, float)) and abs(stated - area) > max(1.0, AREA_TOLERANCE * area):
+    if isinstance(stated, (int, float)) and abs(stated - area) > AREA_TOLERANCE * max(area, 1.0):
         message = f"area {stated:.1f} in the json, {area:.1f} computed from the mask: recomputed"
         problems.append(Problem(*where, "area_mismatch", message))
 

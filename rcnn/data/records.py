@@ -242,15 +242,52 @@ def outside_root_problem(where: str, name: str, roots: list[str]) -> Problem:
     return Problem(where, None, "outside_root", message)
 
 
-def holdout_split(keys: list[Any], split: str) -> set[Any]:
+def holdout_split(
+    keys: list[Any], split: str, *, fraction: float = HOLDOUT_FRACTION, seed: int | None = None
+) -> set[Any]:
     """The deterministic train/val split of a dataset that ships one annotation file.
 
-    The keys (image ids, or file names for VOC) are sorted; the last ``round(15%)`` (at least one
-    when there are two or more) are "val", the rest "train".
+    ``round(fraction * len(keys))`` keys (at least one when there are two or more and
+    ``fraction > 0``) are "val", the rest "train". ``seed=None``: the last keys in sorted order
+    (image ids, or file names); an integer: a random choice drawn from ``seed`` (numpy PCG64).
     """
     ordered = sorted(keys)
-    num_val = max(1, math.floor(len(ordered) * HOLDOUT_FRACTION + 0.5)) if len(ordered) > 1 else 0
+    if seed is not None:
+        order = np.random.default_rng(int(seed)).permutation(len(ordered))
+        ordered = [ordered[i] for i in order]
+    num_val = 0
+    if len(ordered) > 1 and fraction > 0:
+        num_val = min(len(ordered) - 1, max(1, math.floor(len(ordered) * fraction + 0.5)))
     chosen = (
         ordered[len(ordered) - num_val :] if split == "val" else ordered[: len(ordered) - num_val]
     )
     return set(chosen)
+
+
+def record_key(record: Record, metric: str) -> Any:
+    """The key a hold-out split sorts by: the image id (COCO), else the file name's stem."""
+    if metric == "coco" and record.image_id >= 0:
+        return record.image_id
+    return os.path.splitext(os.path.basename(record.file_name or record.image_path))[0]
+
+
+def select_records(parsed: ParsedDataset, keep: set[Any], *, skip_empty: bool) -> ParsedDataset:
+    """``parsed`` (read with every image kept) narrowed to the records whose ``record_key`` is in
+    ``keep``, then without empty images when ``skip_empty``; missing images and empty counts are
+    recomputed for the records kept."""
+    chosen = [r for r in parsed.records if record_key(r, parsed.metric) in keep]
+    result = ParsedDataset(
+        parsed.source, [], parsed.class_names, parsed.label_to_category_id, parsed.metric,
+        parsed.has_masks, list(parsed.problems), num_small=parsed.num_small,
+    )  # fmt: skip
+    missing = set(parsed.missing_images)
+    for record in chosen:
+        if record.image_path in missing:
+            result.missing_images.append(record.image_path)
+        if is_empty(record):
+            result.num_empty += 1
+            if skip_empty:
+                result.num_skipped_empty += 1
+                continue
+        result.records.append(record)
+    return result

@@ -4,7 +4,8 @@ The resize is the one torchvision's ``GeneralizedRCNNTransform`` applies at test
 ``scale = min(short / min(H, W), max_size / max(H, W))``, bilinear ``interpolate`` on float with
 ``scale_factor=scale, recompute_scale_factor=True`` (so the new size is ``floor(H * scale)``), no
 antialiasing; we round back to uint8. Boxes scale by the per-axis ratio new/old size, polygons
-likewise, RLE masks are resized nearest-neighbour (``rcnn.data.masks``).
+likewise, RLE masks are resized nearest-neighbour (``rcnn.data.masks``). ``TrainTransform`` (these
+plus the jitters) lives in ``rcnn.data.augment``.
 """
 
 from __future__ import annotations
@@ -95,59 +96,6 @@ def hflip_targets(targets: Targets) -> Targets:
 def hflip(image: Tensor, targets: Targets) -> tuple[Tensor, Targets]:
     """Mirror an image ``[3, H, W]`` and its targets left-right."""
     return image.flip(-1), hflip_targets(targets)
-
-
-class TrainTransform:
-    """Random short-side resize (multi-scale) and random horizontal flip.
-
-    Args:
-        short: candidate short sides; ``short_mode="choice"`` picks one per image,
-            ``"range"`` draws an integer in ``[short[0], short[-1]]`` (GluonCV's tuple semantics).
-        max_size: the long side's limit.
-        flip_prob: probability of a horizontal flip.
-        rounding: ``"floor"`` (the resized side is ``floor(side * scale)``) or ``"round"``
-            (GluonCV's ``resize_short_within`` rounds to the nearest integer).
-    """
-
-    def __init__(
-        self,
-        short: int | Sequence[int],
-        max_size: int,
-        *,
-        flip_prob: float = 0.5,
-        short_mode: str = "choice",
-        rounding: str = "floor",
-    ) -> None:
-        if short_mode not in ("choice", "range"):
-            raise ValueError(f"short_mode must be 'choice' or 'range', got {short_mode!r}")
-        self.short = (int(short),) if isinstance(short, int) else tuple(int(s) for s in short)
-        self.max_size = int(max_size)
-        self.flip_prob = float(flip_prob)
-        self.short_mode = short_mode
-        self.rounding = rounding
-        resized_size(1, 1, 1, 1, rounding=rounding)  # rejects an unknown mode now
-
-    def sample_short(self, generator: torch.Generator | None = None) -> int:
-        if self.short_mode == "range":
-            low, high = self.short[0], self.short[-1]
-            return int(torch.randint(low, high + 1, (1,), generator=generator))
-        index = int(torch.randint(len(self.short), (1,), generator=generator))
-        return self.short[index]
-
-    def __call__(
-        self, image: Tensor, targets: Targets, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Targets]:
-        short = self.sample_short(generator)
-        image, targets = resize(image, targets, short, self.max_size, rounding=self.rounding)
-        if float(torch.rand((), generator=generator)) < self.flip_prob:
-            image, targets = hflip(image, targets)
-        return image, targets
-
-    def __repr__(self) -> str:
-        return (
-            f"TrainTransform(short={self.short}, max_size={self.max_size}, "
-            f"flip_prob={self.flip_prob}, short_mode={self.short_mode!r})"
-        )
 
 
 class ValTransform:

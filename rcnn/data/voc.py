@@ -124,6 +124,16 @@ def _instances(item: dict, class_to_label: dict, problems: list[Problem]) -> lis
     return instances
 
 
+def image_ids(items: list[dict]) -> list[int]:
+    """The record ids of parsed xml ``items``: the numeric file stems when every stem is a
+    distinct number (VOC's ``000005`` -> 5, as detection results name such images), else the
+    position in the list."""
+    stems = [os.path.splitext(os.path.basename(item["image_path"]))[0] for item in items]
+    if stems and all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
+        return [int(s) for s in stems]
+    return list(range(len(items)))
+
+
 def merge_case_variants(
     items: list[dict], classes: list[str] | tuple[str, ...] | None, problems: list[Problem]
 ) -> list[str]:
@@ -171,7 +181,7 @@ def build_voc(
         source, [], list(classes), list(range(1, len(classes) + 1)), "voc", False
     )
     parsed.problems = problems
-    for image_id, item in enumerate(items):
+    for image_id, item in zip(image_ids(items), items, strict=True):
         record = make_record(
             item["image_path"],
             image_id,
@@ -219,7 +229,7 @@ def _first_dir(root: str, names: tuple[str, ...]) -> str:
     return root
 
 
-def _split_stems(root: str, split: str) -> set[str] | None:
+def split_stems(root: str, split: str) -> set[str] | None:
     """File stems listed for ``split`` in ``splits/`` or ``ImageSets/Main`` (txt, csv), or None."""
     folder = _first_dir(root, ("splits", os.path.join("ImageSets", "Main")))
     words = ("train",) if split == "train" else ("val", "test")
@@ -248,14 +258,17 @@ def load_voc_folder(
     *,
     classes: list[str] | None = None,
     skip_empty: bool = False,
+    xml_dir: str | None = None,
+    image_dir: str | None = None,
 ) -> ParsedDataset:
-    """A custom VOC folder: xml in ``annotations/`` (or ``Annotations/``, or ``root``), images in
-    ``images/`` (or ``JPEGImages/``, or ``root``). The split comes from lists in ``splits/`` or
-    ``ImageSets/Main`` named ``train*`` / ``val*`` or ``test*`` (txt ids, or csv with a
-    ``filename`` column); without lists, ``holdout_split`` on file names; ``split=None``: all.
+    """A custom VOC folder: xml in ``xml_dir`` (default ``annotations/``, ``Annotations/`` or
+    ``root``), images in ``image_dir`` (default ``images/``, ``JPEGImages/`` or ``root``). The
+    split comes from lists in ``splits/`` or ``ImageSets/Main`` named ``train*`` / ``val*`` or
+    ``test*`` (txt ids, or csv with a ``filename`` column); without lists, ``holdout_split`` on file
+    names; ``split=None``: all.
     """
-    xml_dir = _first_dir(root, ("annotations", "Annotations"))
-    image_dir = _first_dir(root, ("images", "JPEGImages"))
+    xml_dir = xml_dir or _first_dir(root, ("annotations", "Annotations"))
+    image_dir = image_dir or _first_dir(root, ("images", "JPEGImages"))
     xml_files = sorted(glob.glob(os.path.join(xml_dir, "*.xml")))
     if not xml_files:
         raise DatasetError(f"{root}: no VOC xml files in {xml_dir}")
@@ -266,7 +279,7 @@ def load_voc_folder(
     classes = merge_case_variants(items, classes, problems)
     if split is not None:
         stems = [os.path.splitext(os.path.basename(item["xml"]))[0] for item in items]
-        chosen = _split_stems(root, split)
+        chosen = split_stems(root, split)
         chosen = chosen if chosen is not None else holdout_split(stems, split)
         items = [item for item, stem in zip(items, stems, strict=True) if stem in chosen]
     return build_voc(items, root, problems, classes=classes, skip_empty=skip_empty)

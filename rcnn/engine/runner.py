@@ -54,6 +54,9 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
         size.train_short,
         size.max_size,
         short_mode=size.short_mode,
+        flip_prob=cfg.flip_prob,
+        color_jitter=cfg.color_jitter,
+        scale_jitter=tuple(cfg.scale_jitter) or None,
         rounding=size.train_rounding,
     )
     options = _dataset_options(cfg)
@@ -65,7 +68,8 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
         if len(dataset) == 0:
             raise UserError(
                 f"dataset {cfg.dataset} ({dataset.source}): the {split} split has no images "
-                "after filtering (images without objects are skipped for training)"
+                "after filtering (images without objects are skipped for training unless "
+                "--keep-empty)"
             )
     if len(train_set) < cfg.batch_size:
         logger.warning(

@@ -42,7 +42,7 @@ class InputConfig:
     short_mode: str = checked("choice", ("choice", "range"))
     test_short: int = checked(800, "[1, inf)")
     max_size: int = checked(1333, "[1, inf)")
-    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    pixel_mean: tuple[float, float, float] = checked((0.485, 0.456, 0.406), "(-inf, inf)")
     pixel_std: tuple[float, float, float] = checked((0.229, 0.224, 0.225), "(0, inf)")
     pixel_range: float = checked(1.0, "(0, inf)")
     bgr: bool = False
@@ -152,7 +152,8 @@ class RPNConfig:
     smooth_l1_beta: float = checked(1.0 / 9, "[0, inf)")
     box_weights: tuple[float, float, float, float] = checked((1.0, 1.0, 1.0, 1.0), "(0, inf)")
     box_clip: float = checked(DEFAULT_BOX_CLIP, "(0, inf)")
-    allowed_border: float = -1.0  # >= 0: anchors crossing the image by more are ignored (GluonCV 0)
+    # >= 0: anchors crossing the image by more are ignored (GluonCV 0); < 0: none are
+    allowed_border: float = checked(-1.0, "(-inf, inf)")
     # GluonCV's RPNTargetSampler applies the negative rule after the best-anchor rule: a ground
     # truth whose best anchor has IoU < bg_iou_thresh (a small object) gets no positive anchor
     negatives_last: bool = False
@@ -209,6 +210,10 @@ class MaskHeadConfig:
     norm: str = checked("", ("", "frozen_bn", "bn", "gn", "syncbn"))
     # Sobel edge loss on masks (seed 003); 0 = off
     edge_loss_weight: float = checked(0.0, "[0, inf)")
+    # Mask Scoring R-CNN's MaskIoU head (rcnn.models.maskiou)
+    maskiou: bool = False
+    maskiou_weight: float = checked(1.0, "[0, inf)")
+    maskiou_fc_dim: int = checked(1024, "[1, inf)")
 
 
 @dataclass
@@ -225,7 +230,7 @@ class ModelConfig:
 
     arch: str = checked("fpn", ("fpn", "c4"))
     classes: tuple[str, ...] = ("object",)
-    category_ids: tuple[int, ...] = ()
+    category_ids: tuple[int, ...] = checked((), "(-inf, inf)")
     mask_on: bool = False
     input: InputConfig = field(default_factory=InputConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

@@ -137,41 +137,6 @@ def _float_detections(output):
     ]
 
 
-# the layers that make the decisions (RPN objectness and deltas, class scores, box deltas, mask
-# logits): cheap 1x1 convs and small linears, kept in float32 under autocast so that bf16
-# rounding does not tie RPN scores or move scores, boxes and mask borders
-FLOAT32_LAYERS = ("objectness", "deltas", "cls_score", "bbox_pred", "predictor")
-
-
-class Float32Layer:
-    """Hooks that run one layer with autocast off on float32 inputs."""
-
-    def __init__(self) -> None:
-        self.active: list[contextlib.AbstractContextManager] = []
-
-    def enter(self, module: nn.Module, args: tuple) -> tuple:
-        context = torch.autocast(next(module.parameters()).device.type, enabled=False)
-        context.__enter__()
-        self.active.append(context)
-        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-
-    def exit(self, module: nn.Module, args: tuple, output) -> None:
-        self.active.pop().__exit__(None, None, None)
-
-
-def float32_layers(model: nn.Module) -> list[str]:
-    """Keep the decision layers (``FLOAT32_LAYERS``: leaf convs / linears of those names) in
-    float32 under autocast; returns their names."""
-    names = []
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in FLOAT32_LAYERS and isinstance(module, (nn.Conv2d, nn.Linear)):
-            hooks = Float32Layer()
-            module.register_forward_pre_hook(hooks.enter)
-            module.register_forward_hook(hooks.exit, always_call=True)
-            names.append(name)
-    return names
-
-
 def set_eval_autocast(model: nn.Module, amp: str) -> nn.Module:
     """Run ``model``'s eval-mode forwards under the autocast that ``amp`` (``off|auto|bf16|fp16``,
     as ``--amp``) means on its device; ``off`` removes it. In place; returns ``model``."""

@@ -83,6 +83,17 @@ def _new_mask_predictor(old: nn.Conv2d, num_classes: int, mapping: dict[int, int
     return new
 
 
+def _new_maskiou_predictor(old: nn.Linear, num_classes: int, mapping: dict[int, int]):
+    new = nn.Linear(old.in_features, num_classes)
+    # the MaskIoU head's own init of its predictor (normal(std=0.01), zero bias)
+    nn.init.normal_(new.weight, std=0.01)
+    nn.init.zeros_(new.bias)
+    new = new.to(old.weight.device, old.weight.dtype)
+    _copy_rows(new.weight, old.weight, mapping, 1, 0)
+    _copy_rows(new.bias, old.bias, mapping, 1, 0)
+    return new
+
+
 @torch.no_grad()
 def reset_class(model: nn.Module, classes: Sequence[str], reuse_weights: ReuseWeights = None):
     """Resize ``model``'s class predictors to ``classes`` in place (see the module docstring).
@@ -101,6 +112,10 @@ def reset_class(model: nn.Module, classes: Sequence[str], reuse_weights: ReuseWe
     if heads.mask_head is not None:
         predictor = _new_mask_predictor(heads.mask_head.predictor, len(classes), mapping)
         heads.mask_head.predictor = predictor
+    if getattr(heads, "maskiou_head", None) is not None:
+        heads.maskiou_head.predictor = _new_maskiou_predictor(
+            heads.maskiou_head.predictor, len(classes), mapping
+        )
     model.cfg.classes = tuple(classes)
     model.cfg.category_ids = ()  # the old dataset's ids no longer apply
     model.class_names = list(classes)

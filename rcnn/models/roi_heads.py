@@ -15,6 +15,7 @@ from rcnn.models.box_head import BoxPredictor, box_losses, build_box_head
 from rcnn.models.config import BoxHeadConfig, MaskHeadConfig
 from rcnn.models.edge_loss import mask_losses
 from rcnn.models.mask_head import MaskHead
+from rcnn.models.maskiou import build_maskiou_head, maskiou_loss, rescore
 from rcnn.ops.boxes import BoxCoder, clip_boxes, nonempty, remove_small
 from rcnn.ops.masks import mask_targets
 from rcnn.ops.matching import BalancedSampler, Matcher, match_labels
@@ -180,6 +181,12 @@ class RoIHeads(nn.Module):
                     **_pool_options(box_cfg),
                 )
             self.mask_head = MaskHead(mask_cfg, in_channels, num_classes)
+        # the mask head's input size: the mask pooler's, or res5's (stride 2) on the box pooler's
+        size = (box_cfg.pooler_resolution + 1) // 2 if per_roi_res5 else None
+        self.maskiou_head = build_maskiou_head(
+            mask_cfg, in_channels, num_classes,
+            resolution=size or getattr(mask_cfg, "pooler_resolution", 0),
+        )  # fmt: skip
 
     def box_features(self, features: list[Tensor], rois: list[Tensor]) -> Tensor:
         """Pooled features [R, D, S, S] of ``rois`` (one [R_i, 4] per image)."""
@@ -220,12 +227,17 @@ class RoIHeads(nn.Module):
         )
         if self.mask_head is not None:
             classes = torch.cat([c[c > 0] - 1 for c in samples.gt_classes])
-            masks = MaskPredictions(
-                self.mask_head(self.positive_mask_features(features, samples, box_feats)), classes
-            )
+            mask_feats = self.positive_mask_features(features, samples, box_feats)
+            masks = MaskPredictions(self.mask_head(mask_feats), classes)
             mask_tgts = positive_mask_targets(samples, targets, masks.logits.shape[-1])
             edge_weight = self.mask_cfg.edge_loss_weight
             losses.update(mask_losses(masks.logits, classes, mask_tgts, edge_weight=edge_weight))
+            if self.maskiou_head is not None:
+                weight = self.mask_cfg.maskiou_weight
+                losses.update(
+                    maskiou_loss(self.maskiou_head, mask_feats, masks.logits, classes=classes,
+                                 mask_targets=mask_tgts, weight=weight)
+                )  # fmt: skip
             intermediates["mask_targets"] = mask_tgts
             intermediates["mask_logits"] = masks.logits
         return losses, intermediates
@@ -254,17 +266,28 @@ class RoIHeads(nn.Module):
             self.box_predict(self.box_features(features, rois)), rois, image_sizes
         )
         if self.mask_head is not None:
-            boxes = [r.boxes for r in results]
-            masks = MaskPredictions(
-                self.mask_head(self.mask_features(features, boxes)),
-                torch.cat([r.labels for r in results]),
-            )
-            probs = masks.class_logits().sigmoid()
-            for result, mask_probs in zip(
-                results, probs.split([len(b) for b in boxes]), strict=True
-            ):
-                result.mask_probs = mask_probs
+            self.mask_test(features, results)
         return results
+
+    def mask_test(self, features: list[Tensor], results: list[HeadDetections]) -> None:
+        """Sets each result's ``mask_probs`` [N, M, M]; with the MaskIoU head, the scores become
+        class score x predicted mask IoU (``rcnn.models.maskiou``), re-sorted."""
+        boxes = [r.boxes for r in results]
+        labels = torch.cat([r.labels for r in results])
+        mask_feats = self.mask_features(features, boxes)
+        probs = MaskPredictions(self.mask_head(mask_feats), labels).class_logits().sigmoid()
+        counts = [len(b) for b in boxes]
+        if self.maskiou_head is not None:
+            scores = torch.cat([r.scores for r in results])
+            scores = rescore(self.maskiou_head, mask_feats, probs, labels=labels, scores=scores)
+            for result, rescored in zip(results, scores.split(counts), strict=True):
+                result.scores = rescored
+        for result, mask_probs in zip(results, probs.split(counts), strict=True):
+            result.mask_probs = mask_probs
+            if self.maskiou_head is not None:  # sorted by the new scores (Detections' order)
+                order = result.scores.argsort(descending=True)
+                result.boxes, result.scores = result.boxes[order], result.scores[order]
+                result.labels, result.mask_probs = result.labels[order], mask_probs[order]
 
 
 def _pool_options(cfg: BoxHeadConfig) -> dict:

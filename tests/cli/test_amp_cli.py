@@ -91,12 +91,12 @@ def test_amp_bf16_train_eval_predict_on_the_cpu(run, tmp_path, capsys):
 def test_cpu_bf16_training_gets_channels_last(monkeypatch):
     """bf16 convolutions pay on the CPU only in channels-last, so ``--amp`` that resolves to bf16
     there trains the optimised model; float32 (``auto`` without native bf16) the plain one."""
-    from rcnn.cli.train import resolve_config
+    from rcnn.cli.train import config_from_args
     from rcnn.engine.runner import build_train_model
     from rcnn.ops import precision
 
     def body_is_channels_last(*argv: str) -> bool:
-        cfg = resolve_config(build_parser().parse_args(["train", *argv]))[0]
+        cfg = config_from_args(build_parser().parse_args(["train", *argv]))[0]
         conv = build_train_model(cfg).backbone.body.conv1.weight
         return conv.is_contiguous(memory_format=torch.channels_last)
 

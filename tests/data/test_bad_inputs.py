@@ -138,8 +138,8 @@ def test_skip_empty_counts_crowd_only_images_as_empty(tmp_path, files):
         {"id": 2, "image_id": 2, "category_id": 2, "bbox": [1, 1, 5, 5], "iscrowd": 0},
     ]
     path = files.coco(tmp_path, [_image_entry(1, "a.png"), _image_entry(2, "b.png")], anns)
-    train = build_dataset(str(path), "train")
-    val = build_dataset(str(path), "val")
+    train = build_dataset(str(path), "train", val_fraction=0)  # no hold-out: every image
+    val = build_dataset(str(path), "val", val_fraction=0)
     assert [r.image_id for r in train.records] == [2] and train.parsed.num_skipped_empty == 1
     assert [r.image_id for r in val.records] == [1, 2] and not val.has_masks
     _, targets = val[0]

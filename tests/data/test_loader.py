@@ -70,7 +70,7 @@ def test_train_loader_same_batches_with_and_without_workers(tiny_dataset):
 
 def test_unreadable_image_is_skipped_and_counted(tiny_dataset):
     (tiny_dataset.parent / "images" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    dataset = build_dataset(str(tiny_dataset), "val")
+    dataset = build_dataset(str(tiny_dataset), "all")
     loader = build_test_loader(dataset, batch_size=2)
     seen = [t.image_id for _, targets in loader for t in targets]
     assert seen == [1, 2, 4, 5, 6] and loader.num_skipped == 1
@@ -81,7 +81,7 @@ def test_unreadable_image_is_skipped_and_counted(tiny_dataset):
 
 
 def test_test_loader_shards_in_order(tiny_dataset):
-    dataset = build_dataset(str(tiny_dataset), "val")
+    dataset = build_dataset(str(tiny_dataset), "all")
     ranks = [
         [t.image_id for _, ts in build_test_loader(dataset, rank=r, world_size=2) for t in ts]
         for r in range(2)

@@ -115,11 +115,11 @@ def gradients(ratio: int, generator: torch.Generator) -> tuple[torch.Tensor, tor
     return grads[0], grads[1]
 
 
-def test_sparse_backward_is_the_one_used_here(monkeypatch):
+def test_sparse_backward_is_the_one_used_here(monkeypatch, torch_threads):
     """Whichever path the self-check picks on this processor is the one taken, and its gradient
     is torchvision's: the sparse product for ratio 2 where the check passed, torchvision's kernel
     (threaded) where it failed; torchvision's kernel always for the adaptive ratio 0."""
-    torch.set_num_threads(2)
+    torch_threads(2)
     exact = module.sparse_backward_is_exact()
     assert module.backward_path(2, 2) == ("sparse" if exact else "threaded")
     assert module.backward_path(0, 2) == "threaded"
@@ -160,11 +160,11 @@ def test_sparse_backward_bits_on_this_processor():
     assert torch.equal(ours.contiguous().view(torch.int32), theirs.view(torch.int32))
 
 
-def test_self_check_and_backward_run_under_bf16_autocast():
+def test_self_check_and_backward_run_under_bf16_autocast(torch_threads):
     """``--amp bf16``: the self-check (first use, inside the caller's autocast) and the sparse
     product have float32 kernels only; they run with autocast off, so nothing crashes."""
     module.sparse_backward_is_exact.cache_clear()
-    torch.set_num_threads(2)
+    torch_threads(2)
     x = torch.randn(2, 8, 20, 24, generator=torch.Generator().manual_seed(5)).requires_grad_(True)
     rois = random_rois(80, 2, 80, torch.Generator().manual_seed(6))
     with torch.autocast("cpu", dtype=torch.bfloat16):

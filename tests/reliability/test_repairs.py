@@ -18,7 +18,7 @@ def _first(root, **image_changes):
     data = coco_dataset(root)
     data["images"][0].update(image_changes)
     save(root, data)
-    dataset = build_dataset(str(root / "ann.json"), "val", skip_empty=False)
+    dataset = build_dataset(str(root / "ann.json"), "all", skip_empty=False)
     index = [r.image_id for r in dataset.records].index(1)
     return dataset.records[index], dataset[index]
 
@@ -48,7 +48,7 @@ def test_coordinates_drawn_at_the_stated_size_are_rescaled(tmp_path):
     parsed = load_coco(str(tmp_path / "ann.json"))
     [problem] = [p for p in parsed.problems if p.kind == "size_mismatch"]
     assert "reach beyond the file, rescaled" in problem.message
-    dataset = build_dataset(str(tmp_path / "ann.json"), "val", skip_empty=False)
+    dataset = build_dataset(str(tmp_path / "ann.json"), "all", skip_empty=False)
     index = [r.image_id for r in dataset.records].index(1)
     image, targets = dataset[index]
     assert image.shape == (3, HEIGHT, WIDTH)

@@ -370,3 +370,15 @@ def test_predict_rejects_bad_input(tmp_path, capsys, run, name, inputs, argv, me
         extra += ["--output", str(tmp_path / "out")]
     code, _, err = run_cli(capsys, [*args, *extra])
     assert code == 2 and message in err, err
+
+
+def test_predict_disk_full_while_drawing(tmp_path, capsys, monkeypatch, run):
+    folder = _inputs(tmp_path / "in")
+
+    def full(self, *args, **kwargs):  # an overlay write that fails the way a full disk does
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    argv = ["predict", folder / "good.png", "--checkpoint", run["ckpt"], "--output", tmp_path / "o"]
+    code, _, err = run_cli(capsys, argv)
+    assert code == 1 and "rcnn predict: error: no space left on the disk" in err
