@@ -55,7 +55,8 @@ def _run(rank: int, world_size: int, run_dir: str) -> None:
         cleanup()
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
+def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch, torch_threads):
+    torch_threads(torch.get_num_threads())  # the in-process run below sets 1: restored after
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     spawn_workers(_run, 2, args=(2, str(tmp_path / "ddp")))

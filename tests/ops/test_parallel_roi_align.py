@@ -133,10 +133,12 @@ def test_sparse_backward_is_the_one_used_here(monkeypatch, torch_threads):
 
 
 @pytest.mark.parametrize("outcome", [False, True])
-def test_either_self_check_outcome_gives_torchvisions_gradient(monkeypatch, outcome):
+def test_either_self_check_outcome_gives_torchvisions_gradient(monkeypatch, outcome, torch_threads):
     """Forced to either outcome (as on a processor where it fails): the path follows it and the
     gradient is torchvision's, bit for bit on its kernel, within float rounding on the sparse
-    product (bits only where the real self-check passed)."""
+    product (bits only where the real self-check passed). Two threads, so that the failed
+    outcome takes the threaded kernel (one thread hands the op to torchvision whole)."""
+    torch_threads(2)
     monkeypatch.setattr(module, "sparse_backward_is_exact", lambda: outcome)
     calls = backward_calls(monkeypatch)
     ours, theirs = gradients(2, torch.Generator().manual_seed(1))
