@@ -22,6 +22,7 @@ from rcnn.export.proposals import (
     shape_of,
     top_valid,
 )
+from rcnn.ops.masks import bilinear_taps
 from rcnn.ops.pooling import MultiLevelRoIPool, assign_fpn_levels
 
 
@@ -147,14 +148,7 @@ def detect_boxes(roi_heads: nn.Module, features: list[Tensor], proposals, size):
 def _interp_weights(start: Tensor, length: Tensor, src_size: int, out_size: Tensor) -> Tensor:
     """``rcnn.ops.masks._interp_weights`` as broadcast comparisons (no scatter, dynamic size):
     [N, out, src] bilinear weights of ``src_size`` samples onto pixels ``start .. start+length``."""
-    pos = torch.arange(out_size, device=start.device)
-    rel = pos[None, :] - start[:, None]
-    inside = ((rel >= 0) & (rel < length[:, None])).float()
-    scale = src_size / length.float()
-    src = ((rel.float() + 0.5) * scale[:, None] - 0.5).clamp(min=0)
-    low = src.floor().long().clamp(max=src_size - 1)
-    high = (low + 1).clamp(max=src_size - 1)
-    frac = src - low.float()
+    inside, low, high, frac = bilinear_taps(start, length, src_size, out_size)
     grid = torch.arange(src_size, device=start.device)
     weights = (grid == low[..., None]).float() * (1 - frac)[..., None]
     weights = weights + (grid == high[..., None]).float() * frac[..., None]

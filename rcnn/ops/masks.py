@@ -89,12 +89,18 @@ def mask_targets(
     return out
 
 
-def _interp_weights(start: Tensor, length: Tensor, src_size: int, out_size: int) -> Tensor:
-    """Bilinear resampling weights [N, out, src] of ``src_size`` samples onto ``length`` pixels.
+def bilinear_taps(
+    start: Tensor, length: Tensor, src_size: int, out_size
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Where each output pixel reads a ``src_size`` source resampled onto ``length`` pixels.
 
     Pixel ``start + k`` (0 <= k < length) reads the source at ``(k + 0.5) * src / length - 0.5``
     (clamped at 0, edge-replicated): the arithmetic of ``F.interpolate(mode="bilinear",
-    align_corners=False)``; rows outside ``[start, start + length)`` are 0.
+    align_corners=False)``. Shared by the paste here and the exported graph's (``rcnn.export``).
+
+    Returns:
+        ``(inside, low, high, frac)``, each [N, out]: 1.0 for pixels in ``[start, start +
+        length)`` (else 0), the two source taps and the weight of ``high``.
     """
     pos = torch.arange(out_size, device=start.device)
     rel = pos[None, :] - start[:, None]
@@ -103,7 +109,13 @@ def _interp_weights(start: Tensor, length: Tensor, src_size: int, out_size: int)
     src = ((rel.float() + 0.5) * scale[:, None] - 0.5).clamp(min=0)
     low = src.floor().long().clamp(max=src_size - 1)
     high = (low + 1).clamp(max=src_size - 1)
-    frac = src - low.float()
+    return inside, low, high, src - low.float()
+
+
+def _interp_weights(start: Tensor, length: Tensor, src_size: int, out_size: int) -> Tensor:
+    """Bilinear resampling weights [N, out, src] (``bilinear_taps``); rows outside
+    ``[start, start + length)`` are 0."""
+    inside, low, high, frac = bilinear_taps(start, length, src_size, out_size)
     weights = torch.zeros((len(start), out_size, src_size), device=start.device)
     weights.scatter_add_(2, low[..., None], ((1 - frac) * inside)[..., None])
     weights.scatter_add_(2, high[..., None], (frac * inside)[..., None])
