@@ -19,13 +19,21 @@ from rcnn.errors import UserError
 _INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
 
 
-def checked(default: Any, accepts: str | tuple[str, ...], *, nonempty: bool = False) -> Any:
+def checked(
+    default: Any,
+    accepts: str | tuple[str, ...],
+    *,
+    nonempty: bool = False,
+    special: tuple = (),
+) -> Any:
     """A dataclass field whose value (each item, for a list or tuple) must lie in ``accepts``:
     an interval such as ``"(0, 1]"`` or ``"[1, inf)"``, or a tuple of the allowed strings;
-    ``nonempty``: a list or tuple that needs at least one item."""
+    ``nonempty``: a list or tuple that needs at least one item; ``special``: values accepted
+    besides (e.g. ``-1`` for "all")."""
     if isinstance(accepts, str):
         _parse_range(accepts)  # a typo in a declaration fails at import, not at a user's run
-    return field(default=default, metadata={"accepts": accepts, "nonempty": nonempty})
+    metadata = {"accepts": accepts, "nonempty": nonempty, "special": special}
+    return field(default=default, metadata=metadata)
 
 
 def _parse_range(text: str) -> tuple[bool, float, float, bool]:
@@ -68,13 +76,14 @@ def check_values(obj: Any, prefix: str = "") -> None:
         for leaf in _leaves(value):
             if isinstance(leaf, float) and not math.isfinite(leaf):
                 raise UserError(f"config: {key}={_shown(value)} must be a finite number")
-            if accepts is None:
+            if accepts is None or leaf in spec.metadata.get("special", ()):
                 continue
             if isinstance(accepts, tuple) and leaf not in accepts:
                 choices = ", ".join(repr(c) for c in accepts)
                 raise UserError(f"config: {key}={_shown(value)} must be one of {choices}")
             if isinstance(accepts, str) and not _in_range(leaf, accepts):
-                raise UserError(f"config: {key}={_shown(value)} is out of range {accepts}")
+                also = "".join(f" or {v}" for v in spec.metadata.get("special", ()))
+                raise UserError(f"config: {key}={_shown(value)} is out of range {accepts}{also}")
 
 
 def _shown(value: Any) -> str:

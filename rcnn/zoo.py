@@ -132,6 +132,7 @@ def _gluoncv_fpn(backbone: str, *, mask: bool) -> ModelConfig:
     box.score_thresh = 0.01  # MultiPerClassDecoder's default thresh
     box.level_rule = "gluoncv"  # _pyramid_roi_feats: inclusive sizes (w + 1)(h + 1)
     box.clip_boxes = False  # the R-CNN decodes boxes without clipping them to the image
+    box.min_size = 0.0  # nor drops any by size: a proposal flat on the image edge stays flat
     # deviation from gluoncv: at most 100 detections (rcnn_max_dets 1000 / post_nms -1 there):
     # COCO AP counts the top 100 per image, and 1000 full-resolution masks take ~1 GB per image
     box.detections_per_img = 100
@@ -181,6 +182,7 @@ def _gluoncv_c4(backbone: str, *, mask: bool, voc: bool = False) -> ModelConfig:
     box.score_thresh = 0.01  # MultiPerClassDecoder's default thresh
     box.nms_thresh, box.nms_topk = (0.3, 400) if voc else (0.5, -1)
     box.clip_boxes = False  # the R-CNN decodes boxes without clipping them to the image
+    box.min_size = 0.0  # nor drops any by size: a proposal flat on the image edge stays flat
     box.detections_per_img = 100  # gluoncv: post_nms 100 (VOC); COCO: see _gluoncv_fpn
     if mask:  # Mask(num_fcn_convs=0, mask_channels=256): deconv on res5's 7x7 -> 14x14 masks
         cfg.mask_head.num_conv, cfg.mask_head.conv_dim = 0, 256

@@ -193,7 +193,9 @@ class BoxHeadConfig:
     nms_topk: int = checked(-1, "[-1, inf)")
     # detections narrower / lower are dropped (torchvision; Detectron2 keeps empty boxes: 0)
     min_size: float = checked(1e-2, "[0, inf)")
-    detections_per_img: int = checked(100, "[1, inf)")
+    # best detections kept per image; -1: all that pass the threshold and NMS (GluonCV's COCO
+    # post_nms -1; an exported model needs a fixed count)
+    detections_per_img: int = checked(100, "[1, inf)", special=(-1,))
     # clip decoded boxes to the image before NMS (torchvision); False: NMS and masks see them as
     # decoded, as in GluonCV's R-CNN, and only the returned boxes are clipped
     clip_boxes: bool = True
@@ -208,6 +210,9 @@ class MaskHeadConfig:
     num_conv: int = checked(4, "[0, inf)")
     conv_dim: int = checked(256, "[1, inf)")
     norm: str = checked("", ("", "frozen_bn", "bn", "gn", "syncbn"))
+    # pasting into the image: "torchvision" (padded mask on an integer box, torchvision's and
+    # GluonCV's geometry) or "aligned" (half-pixel cells over the exact box: Detectron2's)
+    paste: str = checked("torchvision", ("torchvision", "aligned"))
     # Sobel edge loss on masks (seed 003); 0 = off
     edge_loss_weight: float = checked(0.0, "[0, inf)")
     # Mask Scoring R-CNN's MaskIoU head (rcnn.models.maskiou)

@@ -18,7 +18,7 @@ from rcnn.models.config import ModelConfig
 from rcnn.models.reset_class import reset_class
 from rcnn.models.rpn_targets import RPNTargetGenerator
 from rcnn.ops.boxes import clip_boxes
-from rcnn.ops.masks import paste_masks
+from rcnn.ops.masks import paste_masks, paste_masks_aligned
 from rcnn.structures import Detections, HeadDetections, ImageBatch, Targets
 
 
@@ -166,7 +166,8 @@ class RCNN(nn.Module):
         boxes = result.boxes * scale
         masks = None
         if result.mask_probs is not None:
-            masks = paste_masks(result.mask_probs, boxes, (int(raw_size[0]), int(raw_size[1])))
+            paste = paste_masks_aligned if self.cfg.mask_head.paste == "aligned" else paste_masks
+            masks = paste(result.mask_probs, boxes, (int(raw_size[0]), int(raw_size[1])))
         if not self.cfg.box_head.clip_boxes:
             # deviation from gluoncv: its R-CNN returns boxes as decoded; NMS, mask pooling and
             # pasting above used them so too, only the returned boxes are clipped to the image

@@ -142,10 +142,16 @@ def _paste_window(
     cols = _interp_weights(grown[:, 0] - x0, box_w, padded.shape[-1], win_w)
     # columns first, then rows: the grouping of upsample_bilinear2d (exact ties at 0.5 agree)
     local = torch.bmm(rows, torch.bmm(padded, cols.transpose(1, 2))) > threshold
-    # each box's clipped h x w corner of its window goes to rows y0.., columns x0.. (slice copies:
-    # no index tensors over the n x h x w pixels)
-    corners = torch.stack((y0, x0, y1 - y0, x1 - x0), 1).tolist()
-    for i, (top, left, h, w) in enumerate(corners):
+    _place_windows(local, out, (y0, x0, y1, x1))
+
+
+def _place_windows(local: Tensor, out: Tensor, corners: tuple[Tensor, ...]) -> None:
+    """Each window's clipped corner of ``local`` [n, h, w] into ``out`` [n, H, W] at image rows
+    ``y0..y1``, columns ``x0..x1`` (``corners`` = (y0, x0, y1, x1), each [n]); slice copies: no
+    index tensors over the n x h x w pixels."""
+    y0, x0, y1, x1 = corners
+    rows = torch.stack((y0, x0, (y1 - y0).clamp(min=0), (x1 - x0).clamp(min=0)), 1).tolist()
+    for i, (top, left, h, w) in enumerate(rows):
         out[i, top : top + h, left : left + w] = local[i, :h, :w]
 
 
@@ -192,4 +198,76 @@ def paste_masks(
     for lo in range(0, num, chunk):
         sl = slice(lo, lo + chunk)
         _paste_window(padded[sl], grown[sl], box_w[sl], box_h[sl], out[sl], threshold)
+    return out
+
+
+def _cell_weights(start: Tensor, low: Tensor, high: Tensor, size: int, out_size: int) -> Tensor:
+    """Weights [N, out, size] sampling a ``size``-cell mask, zero outside it, for window pixels
+    ``start + k`` of boxes spanning ``[low, high)`` (continuous coordinates).
+
+    Pixel centre ``x + 0.5`` reads the mask at ``(x + 0.5 - low) * size / (high - low) - 0.5``
+    (cell centres at half-pixel positions, as RoIAlign with ``aligned=True``); taps outside
+    ``[0, size)`` read 0, so the mask fades out over the half cell beyond the box.
+    """
+    pixels = start[:, None] + torch.arange(out_size, device=start.device)[None, :]
+    extent = (high - low).clamp(min=1e-6)
+    pos = (pixels.float() + 0.5 - low[:, None]) * (size / extent)[:, None] - 0.5
+    left = pos.floor()
+    frac = pos - left
+    left = left.clamp(-2, size).long()  # far-away taps: any index outside [0, size) reads 0
+    weights = torch.zeros((len(start), out_size, size + 4), device=start.device)
+    weights.scatter_add_(2, (left + 2)[..., None], (1 - frac)[..., None])
+    weights.scatter_add_(2, (left + 3)[..., None], frac[..., None])
+    return weights[..., 2 : size + 2]
+
+
+def _paste_aligned_chunk(masks: Tensor, boxes: Tensor, out: Tensor, threshold: float) -> None:
+    """``paste_masks_aligned`` of a chunk: masks [n, M, M], boxes [n, 4] into ``out`` [n, H, W]."""
+    height, width = out.shape[-2:]
+    size = masks.shape[-1]
+    x0 = (boxes[:, 0].floor() - 1).clamp(min=0).long()
+    y0 = (boxes[:, 1].floor() - 1).clamp(min=0).long()
+    x1 = torch.minimum((boxes[:, 2].ceil() + 1).long(), torch.tensor(width))
+    y1 = torch.minimum((boxes[:, 3].ceil() + 1).long(), torch.tensor(height))
+    win_w, win_h = int((x1 - x0).clamp(min=0).max()), int((y1 - y0).clamp(min=0).max())
+    if win_w == 0 or win_h == 0:
+        return
+    rows = _cell_weights(y0, boxes[:, 1], boxes[:, 3], size, win_h)
+    cols = _cell_weights(x0, boxes[:, 0], boxes[:, 2], size, win_w)
+    local = torch.bmm(rows, torch.bmm(masks, cols.transpose(1, 2))) >= threshold
+    _place_windows(local, out, (y0, x0, y1, x1))
+
+
+def paste_masks_aligned(
+    masks: Tensor,
+    boxes: Tensor,
+    image_size: tuple[int, int],
+    *,
+    threshold: float = 0.5,
+    chunk: int = 32,
+) -> Tensor:
+    """Paste M x M mask probabilities into their boxes with half-pixel (``aligned``) geometry.
+
+    Each image pixel's centre is located inside its box and the mask bilinearly sampled there,
+    the M x M cells spread evenly over the box and zero outside (no padded border, no integer
+    box): the semantics of Detectron2's ``paste_masks_in_image`` (its ``grid_sample`` paste as
+    run on the CPU: each mask within its box grown by one pixel, clipped to the image). Kept
+    where the probability is ``>= threshold``.
+
+    Args:
+        masks: float [N, M, M] probabilities.
+        boxes: float [N, 4] in the target image's pixels.
+        image_size: (H, W).
+        chunk: masks per batched product (bounds the memory of the windows).
+
+    Returns:
+        bool [N, H, W].
+    """
+    height, width = image_size
+    out = torch.zeros((masks.shape[0], height, width), dtype=torch.bool, device=masks.device)
+    if height == 0 or width == 0:
+        return out
+    for lo in range(0, masks.shape[0], chunk):
+        sl = slice(lo, lo + chunk)
+        _paste_aligned_chunk(masks[sl].float(), boxes[sl].float(), out[sl], threshold)
     return out

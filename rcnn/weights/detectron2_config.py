@@ -230,6 +230,7 @@ def _box_head(cfg: ModelConfig, s: dict, *, c4: bool) -> None:
         s["MODEL.ROI_MASK_HEAD.CONV_DIM"],
     )
     mask.norm = _norm(s["MODEL.ROI_MASK_HEAD.NORM"], "MODEL.ROI_MASK_HEAD.NORM")
+    mask.paste = "aligned"  # paste_masks_in_image: grid_sample over the exact box
 
 
 def _rpn(cfg: ModelConfig, s: dict) -> None:

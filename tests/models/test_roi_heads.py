@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
+from rcnn.errors import UserError
 from rcnn.models.config import BoxHeadConfig
 from rcnn.models.roi_heads import postprocess_boxes, sample_rois
 from rcnn.structures import Proposals, Targets
+from rcnn.values import check_values
 
 
 def target(ignore: tuple[bool, bool] = (False, False)) -> Targets:
@@ -77,6 +80,11 @@ def test_postprocess_boxes_thresholds_clips_and_suppresses_per_class():
     assert labels.tolist() == [1, 0, 1]
     top = postprocess_boxes(cls_logits, boxes, (40, 40), BoxHeadConfig(detections_per_img=2))
     assert top[2].tolist() == [1, 0]
+    every = BoxHeadConfig(detections_per_img=-1)  # -1: all (GluonCV's post_nms -1)
+    check_values(every)
+    assert postprocess_boxes(cls_logits, boxes, (40, 40), every)[2].tolist() == [1, 0, 1]
+    with pytest.raises(UserError, match=r"detections_per_img=0 is out of range \[1, inf\) or -1"):
+        check_values(BoxHeadConfig(detections_per_img=0))
     high = postprocess_boxes(cls_logits, boxes, (40, 40), BoxHeadConfig(score_thresh=0.5))
     torch.testing.assert_close(high[1], torch.tensor([0.8, 0.6]))
     outside = torch.tensor([[[50.0, 50, 60, 60], [50.0, 50, 60, 60]]])  # clipped to nothing

@@ -90,7 +90,7 @@ TRAIN_USAGE = [
     ("decay_epoch", ["--lr-decay-epoch", "-1"], "lr_decay_epoch=[-1.0] is out of range"),
     ("amp", ["--set", "amp=fp8"], "config: amp=fp8 must be one of"),
     ("norm", ["--set", "model.backbone.norm=layer"], "model.backbone.norm=layer must be one of"),
-    ("detections", ["--set", "model.box_head.detections_per_img=0"], "is out of range [1, inf)"),
+    ("detections", ["--set", "model.box_head.detections_per_img=0"], "range [1, inf) or -1"),
     ("workers", ["--num-workers", "-2"], "num_workers=-2 is out of range"),
     ("interval", ["--save-interval", "soon"], "save_interval='soon' is not an interval"),
     ("option", ["--set", "dataset_options={foo: 1}"], "unknown option 'foo'"),

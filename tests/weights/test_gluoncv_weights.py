@@ -1,9 +1,11 @@
 """GluonCV's weights in, GluonCV's detections out.
 
 The expected outputs were made by GluonCV 0.10.5.post0 / MXNet 1.9.1 itself
-(``fixtures/make_gluoncv.py``) on seeded random weights and a real image fed at its own size; here
-the same weights are regenerated from the stored key / shape list, written as a ``.params`` file,
-read back without MXNet and loaded into our preset of the same name.
+(``fixtures/make_gluoncv.py``) for every GluonCV network of our zoo, on seeded random weights and
+a real image fed at its own size; here the same weights are regenerated from the stored key /
+shape list and loaded into our preset of the same name (one network through a ``.params`` file
+read back without MXNet: the CLI test). ResNet-101 networks other than
+``faster_rcnn_resnet101_v1d_voc`` (the v1d stem's CI check) run with ``RCNN_PEER_FULL=1``.
 """
 
 from __future__ import annotations
@@ -14,16 +16,41 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from peer_fixtures import FIXTURES, compare, load_fixture, our_outputs, read_input
+from peer_fixtures import (
+    FIXTURES,
+    check_fits,
+    compare,
+    fixture_names,
+    load_fixture,
+    our_outputs,
+    parity_cases,
+    read_input,
+    read_meta,
+    zero_weights,
+)
 
 from rcnn.cli import main
 from rcnn.convert import gluoncv_model
 from rcnn.engine.checkpoint import load_checkpoint, load_model
 from rcnn.errors import CheckpointError
-from rcnn.weights.gluoncv import convert_params, gluoncv_class_names
+from rcnn.weights.gluoncv import convert_params, gluoncv_class_names, load_gluoncv
 from rcnn.weights.mxnet_params import parse_params, read_params, write_params
+from rcnn.zoo import get_preset, list_models
 
-NETWORKS = sorted(p.stem for p in (FIXTURES / "gluoncv").glob("*.json"))
+NETWORKS = fixture_names("gluoncv")
+IN_CI = ("faster_rcnn_resnet101_v1d_voc",)  # the v1d stem (every v1d network is a ResNet-101)
+
+
+def test_every_gluoncv_network_of_the_zoo_has_a_peer_fixture():
+    zoo = [n for n in list_models() if n.startswith(("faster_rcnn_", "mask_rcnn_")) and "v1" in n]
+    assert sorted(zoo) == NETWORKS and len(NETWORKS) == 12
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_every_key_maps_onto_the_preset(name):
+    # GluonCV's own key / shape list of the network: every key converted, every key of ours
+    # filled, all shapes equal (a weightless model: no values needed)
+    check_fits(get_preset(name).model, load_gluoncv(name, zero_weights(read_meta("gluoncv", name))))
 
 
 def test_reader_equals_mxnet_on_files_mxnet_wrote():
@@ -73,12 +100,10 @@ def test_unknown_keys_are_named():
         )
 
 
-@pytest.mark.parametrize("name", NETWORKS)
-def test_detections_equal_gluoncv(name, tmp_path):
+@pytest.mark.parametrize("name", parity_cases("gluoncv", lambda n: "101" not in n or n in IN_CI))
+def test_detections_equal_gluoncv(name):
     meta, expected, weights = load_fixture("gluoncv", name)
-    path = tmp_path / f"{name}.params"
-    write_params(path, weights)
-    model = gluoncv_model(name, path, overrides=meta.get("overrides"))
+    model = gluoncv_model(name, weights, overrides=meta["overrides"])
     image = read_input(meta["image"])
     ours = our_outputs(model, image)
     assert len(expected["scores"]) >= 20
@@ -99,7 +124,7 @@ def test_convert_cli_writes_a_checkpoint_eval_and_predict_read(tmp_path, capsys)
     assert state["converted_from"]["peer"] == "gluoncv"
     assert state["config"]["model"]["rpn"]["post_nms_topk"] == [2000, 100]
     model = load_model(out)  # what eval / predict --checkpoint and train --weights read
-    direct = gluoncv_model(name, params).state_dict()
+    direct = load_gluoncv(name, params).state_dict
     assert all(torch.equal(value, direct[key]) for key, value in model.state_dict().items())
     # a GluonCV file where a checkpoint is expected: the error says how to convert it
     with pytest.raises(CheckpointError, match="rcnn convert --from gluoncv"):
