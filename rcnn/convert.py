@@ -35,7 +35,8 @@ def _build(weights: PeerWeights, cfg: ModelConfig, overrides: dict[str, Any] | N
 
 
 def gluoncv_model(name: str, path, *, classes=None, overrides=None) -> RCNN:
-    """Our model of GluonCV zoo network ``name`` (a preset of ours) with the ``.params`` weights."""
+    """Our model of GluonCV zoo network ``name`` (a preset of ours) with the ``.params`` weights
+    (``path``: the file, or its ``{key: array}``)."""
     if name not in list_models() or not name.startswith(("faster_rcnn", "mask_rcnn_")):
         gluoncv_names = [n for n in list_models() if n.startswith(("faster_rcnn", "mask_rcnn_"))]
         raise UserError(f"{name!r} is not a GluonCV network of the zoo; one of {gluoncv_names}")
@@ -44,7 +45,8 @@ def gluoncv_model(name: str, path, *, classes=None, overrides=None) -> RCNN:
 
 
 def detectron2_model(path, config, *, classes=None, overrides=None) -> RCNN:
-    """Our model of a Detectron2 ``.pkl`` / ``.pth`` with its config (yaml file or zoo name)."""
+    """Our model of a Detectron2 ``.pkl`` / ``.pth`` (``path``: the file, or its ``model`` dict)
+    with its config (yaml file or zoo name)."""
     weights = load_detectron2(path, config, classes=classes)
     return _build(weights, weights.model, overrides)
 

@@ -49,7 +49,7 @@ def read_meta(peer: str, name: str) -> dict:
     return json.loads((FIXTURES / peer / f"{name}.json").read_text())
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=3)
 def load_fixture(peer: str, name: str) -> tuple[dict, dict[str, np.ndarray], dict]:
     """(meta, expected arrays, regenerated peer weights) of fixture ``peer/name`` (cached: do
     not modify them)."""
@@ -130,13 +130,15 @@ def align_ties(ours: dict, theirs: dict, count: int) -> dict:
     return {key: value[order] for key, value in ours.items()}
 
 
-def pasted_differences(ours: dict, theirs: dict) -> tuple[int, int]:
-    """(differing, compared) pixels of the pasted masks: ours (bool) against the peer's pasted
-    probabilities (uint8, x 255), on pixels whose probability is not within MASK_BAND of 0.5."""
+def pasted_differences(masks: np.ndarray, theirs: dict, *, min_side: float = 0.0) -> int:
+    """Pixels where pasted ``masks`` (bool [N, H, W], in the peer's detection order) differ from
+    the peer's pasted probabilities (uint8, x 255) on pixels not within MASK_BAND of 0.5, over
+    the masks whose box sides are >= ``min_side`` px."""
     ref = theirs["pasted_probs"].astype(np.float32) / 255
-    mine = ours["masks"][: len(ref)]
-    sure = np.abs(ref - 0.5) > MASK_BAND
-    return int((mine != (ref >= 0.5))[sure].sum()), int(sure.sum())
+    boxes = theirs["boxes"][: len(ref)]
+    keep = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_side
+    sure = (np.abs(ref - 0.5) > MASK_BAND) & keep[:, None, None]
+    return int((masks[: len(ref)] != (ref >= 0.5))[sure].sum())
 
 
 def compare(ours: dict, theirs: dict, *, clip_to: tuple[int, int] | None = None) -> list[str]:
@@ -147,17 +149,22 @@ def compare(ours: dict, theirs: dict, *, clip_to: tuple[int, int] | None = None)
     ``align_ties``), M x M mask probabilities equal in their thresholded value where theirs is
     not within 0.02 of 0.5.
     """
-    problems = []
     if clip_to is not None:
         boxes = theirs["boxes"].copy()
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, clip_to[1])
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, clip_to[0])
         theirs = {**theirs, "boxes": boxes}
+    count = min(len(ours["scores"]), len(theirs["scores"]))
+    return compare_aligned(align_ties(ours, theirs, count), theirs)
+
+
+def compare_aligned(ours: dict, theirs: dict) -> list[str]:
+    """``compare`` of detections already in the same order (ties aligned), boxes comparable."""
+    problems = []
     count = len(theirs["scores"])
     if len(ours["scores"]) != count:
         problems.append(f"{len(ours['scores'])} detections vs {count}")
         count = min(count, len(ours["scores"]))
-    ours = align_ties(ours, theirs, count)
     labels = theirs["labels"][:count]
     if not np.array_equal(ours["labels"][:count], labels):
         bad = np.where(ours["labels"][:count] != labels)[0]

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 from peer_fixtures import (
+    align_ties,
     check_fits,
-    compare,
+    compare_aligned,
     fixture_names,
     load_fixture,
     our_outputs,
@@ -31,6 +32,7 @@ from peer_fixtures import (
 
 from rcnn.convert import detectron2_model
 from rcnn.errors import CheckpointError
+from rcnn.ops.masks import paste_masks_aligned
 from rcnn.weights.detectron2 import convert_key, load_detectron2, read_detectron2_file
 from rcnn.weights.detectron2_config import detectron2_config
 
@@ -62,18 +64,23 @@ def test_every_key_maps_onto_the_config(name):
 
 
 @pytest.mark.parametrize("name", parity_cases("detectron2"))
-def test_detections_equal_detectron2(name, tmp_path):
+def test_detections_equal_detectron2(name):
     meta, expected, weights = load_fixture("detectron2", name)
-    path = tmp_path / f"{name}.pkl"
-    write_pkl(path, weights)
-    model = detectron2_model(path, name, overrides=meta["overrides"])
+    model = detectron2_model(weights, name, overrides=meta["overrides"])
     ours = our_outputs(model, read_input(meta["image"]))
     assert len(expected["scores"]) >= 20
-    assert compare(ours, expected) == []
+    ours = align_ties(ours, expected, len(expected["scores"]))
+    assert compare_aligned(ours, expected) == []
     if "pasted_probs" in expected:  # pasted into the image as Detectron2 pastes (mask.paste)
         assert model.cfg.mask_head.paste == "aligned"
-        differing, compared = pasted_differences(ours, expected)
-        assert differing == 0 and compared > 0.9 * expected["pasted_probs"].size
+        # their masks on their boxes: our paste alone, exact
+        size = tuple(expected["pasted_probs"].shape[-2:])
+        probs, boxes = (torch.from_numpy(expected[k]) for k in ("mask_probs", "boxes"))
+        pasted = paste_masks_aligned(probs, boxes[: len(probs)], size).numpy()
+        assert pasted_differences(pasted, expected) == 0
+        # ours end to end, but for boxes thinner than a pixel (there a box edge 0.001 px off,
+        # float rounding, moves the sampled cell by a tenth)
+        assert pasted_differences(ours["masks"], expected, min_side=1.0) == 0
 
 
 def test_zoo_config_differences_reach_the_model_config():
@@ -122,8 +129,9 @@ def test_background_row_moves_to_the_front_and_keys_map():
         convert_key("roi_heads.res5.2.shortcut.norm.weight")
         == "roi_heads.res5.2.downsample.1.weight"
     )
-    _, _, weights = load_fixture("detectron2", CONFIGS[0])
-    out = load_detectron2(weights, CONFIGS[0])
+    name = "mask_rcnn_R_50_FPN_3x"  # its weights are cached from its parity test
+    _, _, weights = load_fixture("detectron2", name)
+    out = load_detectron2(weights, name)
     theirs = weights["roi_heads.box_predictor.cls_score.weight"]
     ours = out.state_dict["roi_heads.box_predictor.cls_score.weight"].numpy()
     assert np.array_equal(ours[0], theirs[-1]) and np.array_equal(ours[1:], theirs[:-1])
@@ -142,7 +150,10 @@ def test_pkl_reader_runs_no_code(tmp_path):
         read_detectron2_file(path)
 
 
-def test_pth_checkpoint_is_read(tmp_path):
+def test_pkl_and_pth_files_are_read(tmp_path):
+    key = "proposal_generator.rpn_head.conv.weight"
     path = tmp_path / "model_final.pth"
-    torch.save({"model": {"proposal_generator.rpn_head.conv.weight": torch.ones(2)}}, path)
-    assert list(read_detectron2_file(path)) == ["proposal_generator.rpn_head.conv.weight"]
+    torch.save({"model": {key: torch.ones(2)}}, path)
+    assert list(read_detectron2_file(path)) == [key]
+    write_pkl(tmp_path / "model_final.pkl", {key: np.arange(3, dtype=np.float32)})
+    assert read_detectron2_file(tmp_path / "model_final.pkl")[key].tolist() == [0, 1, 2]
