@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcnn.models.config import MaskHeadConfig
-from rcnn.models.layers import conv_stack
+from rcnn.models.layers import conv_stack, float32_layer
 
 
 class MaskIoUHead(nn.Module):
@@ -60,7 +60,7 @@ class MaskIoUHead(nn.Module):
         pooled = F.max_pool2d(mask_probs[:, None], kernel_size=2, stride=2)
         x = self.convs(torch.cat([features, pooled.to(features.dtype)], dim=1))
         x = F.relu(self.down(x)).flatten(1)
-        return self.predictor(F.relu(self.fc2(F.relu(self.fc1(x)))))
+        return float32_layer(self.predictor, F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
 def build_maskiou_head(
