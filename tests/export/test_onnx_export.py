@@ -60,9 +60,10 @@ def run_both(model, path, images: list[torch.Tensor]):
     return OnnxDetector(path, threads=2)(images), ref
 
 
-@pytest.mark.parametrize("size", [(300, 400), (330, 250)])
+@pytest.mark.parametrize("size", [(300, 400), (330, 250), (96, 128), (100, 75)])
 def test_mask_fpn_matches_pytorch_batch_1_and_2(mask_fpn, size):
-    """Two photos of one size: each alone (batch 1) and together (batch 2), two image sizes."""
+    """Two photos of one size: each alone (batch 1) and together (batch 2); two sizes the graph
+    shrinks to the 128 px test size and two it enlarges (x1.25, x1.6: test_resize.py)."""
     model, path = mask_fpn
     images = [photo(FRUITS, size), photo(BALLOON, size)]
     detector = OnnxDetector(path, threads=2)
