@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
+from rcnn.export.nms import group_nms
 from rcnn.export.proposals import (
     clip_to,
     gather_rows,
@@ -43,8 +44,10 @@ def _pool_level(pool: MultiLevelRoIPool, feature: Tensor, rois: Tensor, stride: 
 def pool_rois(pool: MultiLevelRoIPool, features: list[Tensor], rois: Tensor) -> Tensor:
     """``MultiLevelRoIPool.forward`` on rois [R, 5]: [R, D, S, S], each RoI from its level.
 
-    torchvision's RoIAlign (whose ONNX symbolic torchvision registers); the levels merge with one
-    ``scatter`` per level, as torchvision's ``_onnx_merge_levels``.
+    torchvision's RoIAlign (whose ONNX symbolic torchvision registers). The levels' outputs are
+    concatenated and put back in RoI order with one row ``Gather``: onnxruntime's
+    ``ScatterElements`` (torchvision's ``_onnx_merge_levels``) copies element by element, 0.5 s
+    for 1000 RoIs of 256 x 7 x 7 on 2 Zen 3 cores.
     """
     if len(pool.strides) == 1:
         return _pool_level(pool, features[0], rois, pool.strides[0])
@@ -56,15 +59,14 @@ def pool_rois(pool: MultiLevelRoIPool, features: list[Tensor], rois: Tensor) -> 
         canonical_level=pool.canonical_level,
         rule=pool.level_rule,
     )
-    channels, side = features[0].shape[1], pool.output_size
-    out = torch.zeros(
-        (rois.shape[0], channels, side, side), dtype=features[0].dtype, device=rois.device
-    )
+    indices, pooled = [], []
     for feature, level, stride in zip(features, pool.levels, pool.strides, strict=False):
         idx = torch.where(levels == level)[0]
-        pooled = _pool_level(pool, feature, rois[idx], stride)
-        out = out.scatter(0, idx.view(-1, 1, 1, 1).expand_as(pooled), pooled)
-    return out
+        indices.append(idx)
+        pooled.append(_pool_level(pool, feature, rois[idx], stride))
+    order = torch.cat(indices)  # a permutation of the RoIs: level by level
+    position = torch.zeros_like(order).scatter(0, order, torch.arange(order.shape[0]))
+    return torch.cat(pooled).index_select(0, position)
 
 
 def box_outputs(roi_heads: nn.Module, features: list[Tensor], rois: Tensor):
@@ -101,6 +103,19 @@ def _pad_candidates(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor
     )
 
 
+def class_nms(boxes: Tensor, scores: Tensor, valid: Tensor, num_classes: int, thresh: float):
+    """Per-image, per-class NMS of [B, P * C] candidates (proposal-major, class-minor, as
+    ``detect_boxes`` lays them out) as B * C groups of P (``rcnn.export.nms``); bool [B, P * C]."""
+    batch = boxes.shape[0]
+
+    def by_class(x: Tensor) -> Tensor:  # [B, P * C, ...] -> [B * C, P, ...]
+        x = x.reshape(batch, -1, num_classes, *x.shape[2:]).transpose(1, 2)
+        return x.reshape(-1, *x.shape[2:])
+
+    kept = group_nms(by_class(boxes), by_class(scores), by_class(valid), thresh)
+    return kept.reshape(batch, num_classes, -1).transpose(1, 2).reshape(batch, -1)
+
+
 def detect_boxes(roi_heads: nn.Module, features: list[Tensor], proposals, size):
     """``RoIHeads.forward_test``'s boxes for a batch (``postprocess_boxes`` per image, batched).
 
@@ -131,8 +146,11 @@ def detect_boxes(roi_heads: nn.Module, features: list[Tensor], proposals, size):
         order, _, valid = top_valid(scores, valid, limit)
         decoded, scores, labels = (gather_rows(x, order) for x in (decoded, scores, labels))
     valid = valid & large_enough(decoded, cfg.min_size)
-    image = torch.arange(batch, device=boxes.device)[:, None]
-    kept = grouped_nms(decoded, scores, image * num_classes + labels, valid, cfg.nms_thresh)
+    if cfg.nms_topk > 0:  # a few hundred pairs in any order: one NMS, groups shifted apart
+        image = torch.arange(batch, device=boxes.device)[:, None]
+        kept = grouped_nms(decoded, scores, image * num_classes + labels, valid, cfg.nms_thresh)
+    else:
+        kept = class_nms(decoded, scores, valid, num_classes, cfg.nms_thresh)
     count = cfg.detections_per_img
     decoded, scores, labels, kept = _pad_candidates(decoded, scores, labels, kept, count)
     order, top_scores, det_valid = top_valid(scores, kept, count)
