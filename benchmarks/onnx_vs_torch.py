@@ -12,7 +12,8 @@ with PyTorch's of the same label and nearest box; the counts must match, boxes w
 scores within 1e-3, mask IoU >= 0.95. A mask under 0.95 is explained (``explain_masks``): whether
 its paste window (the grown box truncated to integers, as torchvision) moved by a pixel, its IoU
 with PyTorch's own probabilities pasted into onnxruntime's box, and its IoU on confident pixels
-(PyTorch probability outside 0.5 +- 0.01). Then batch-1 inference is timed on one image: PyTorch
+(PyTorch probability outside 0.5 +- 0.01); it passes, as docs/CONTRACTS.md says, only where the
+window moved and that IoU is >= 0.95. Then batch-1 inference is timed on one image: PyTorch
 float32 as ``rcnn predict`` runs it, PyTorch float32 with ``--fast`` (frozen BN folded,
 channels-last) and onnxruntime, in alternating rounds after one warm-up each, all on
 ``--threads`` threads; the medians are printed.
@@ -61,9 +62,14 @@ def mask_probabilities(model, image: torch.Tensor) -> torch.Tensor:
     return result.mask_probs
 
 
-def explain_masks(ours: Detections, ref: Detections, twin: torch.Tensor, probs) -> str:
+def explain_masks(ours: Detections, ref: Detections, twin: torch.Tensor, probs):
     """Why pairs have mask IoU < 0.95: moved paste windows, the IoU of PyTorch's probabilities
-    pasted into onnxruntime's boxes, and the IoU on confident pixels."""
+    pasted into onnxruntime's boxes, and the IoU on confident pixels.
+
+    Returns:
+        the text, and whether every such pair is the contract's exception (docs/CONTRACTS.md):
+        its paste window moved and PyTorch's probabilities in onnxruntime's box give its mask.
+    """
     low = torch.where(mask_iou(ours.masks, ref.masks[twin]) < 0.95)[0]
     size = tuple(ours.masks.shape[-2:])
     mine, theirs = ours.boxes[low], ref.boxes[twin[low]]
@@ -75,11 +81,12 @@ def explain_masks(ours: Detections, ref: Detections, twin: torch.Tensor, probs) 
     below = paste_masks(probs[twin[low]], theirs, size, threshold=0.49)
     sure = above | ~below  # PyTorch's probability outside 0.49..0.51
     confident = mask_iou(ours.masks[low] & sure, ref.masks[twin[low]] & sure)
-    return (
+    text = (
         f"; {len(low)} under 0.95: paste window moved {int(moved.sum())}/{len(low)}, "
         f"IoU with PyTorch's probabilities in onnxruntime's box >= {float(same_box.min()):.3f}, "
         f"on confident pixels >= {float(confident.min()):.3f}"
     )
+    return text, bool((moved & (same_box >= 0.95)).all())
 
 
 def compare(ours: Detections, ref: Detections, probs=None) -> tuple[bool, str]:
@@ -98,10 +105,11 @@ def compare(ours: Detections, ref: Detections, probs=None) -> tuple[bool, str]:
     text = f"|d box| <= {float(box_diff.max()):.1e} px, |d score| <= {float(score_diff.max()):.0e}"
     if ref.masks is not None:
         iou = mask_iou(ours.masks, ref.masks[twin])
-        ok &= bool((iou >= 0.95).all())
         text += f", mask IoU >= {float(iou.min()):.3f}"
-        if probs is not None and (iou < 0.95).any():
-            text += explain_masks(ours, ref, twin, probs())
+        if (iou < 0.95).any():
+            explained, excused = explain_masks(ours, ref, twin, probs()) if probs else ("", False)
+            ok &= excused
+            text += explained
     return ok, text
 
 
