@@ -27,7 +27,7 @@ DATASETS = {
     "balloon": {
         "args": ["--set", "model.input.train_short=[320]", "--set", "model.input.test_short=320",
                  "--set", "model.input.max_size=480"],
-        "iters": 600,
+        "iters": 900,
     },
 }  # fmt: skip
 VARIANTS = {
