@@ -81,8 +81,11 @@ def build_maskiou_head(
 
 
 def class_channel(mask_logits: Tensor, classes: Tensor) -> Tensor:
-    """The ``[P, M, M]`` channel of each RoI's class from ``[P, C, M, M]`` logits."""
-    return mask_logits[torch.arange(len(classes), device=classes.device), classes]
+    """The ``[P, ...]`` channel of each RoI's class from ``[P, C, ...]`` (mask logits
+    ``[P, C, M, M]``, predicted IoUs ``[P, C]``); a gather, so that it traces (ONNX export)."""
+    trailing = mask_logits.shape[2:]
+    index = classes.view(-1, 1, *(1 for _ in trailing)).expand(-1, 1, *trailing)
+    return mask_logits.gather(1, index)[:, 0]
 
 
 def maskiou_targets(mask_logits: Tensor, classes: Tensor, mask_targets: Tensor) -> Tensor:
