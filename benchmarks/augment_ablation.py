@@ -27,9 +27,10 @@ DATASETS = {
     "balloon": {
         "args": ["--set", "model.input.train_short=[320]", "--set", "model.input.test_short=320",
                  "--set", "model.input.max_size=480"],
-        "iters": 600,
+        "iters": 900,
     },
 }  # fmt: skip
+DEFAULT_SEED = 233  # rcnn train's default --seed
 VARIANTS = {
     "flip 0.5 (default)": [],
     "+ colour jitter 0.3": ["--color-jitter", "0.3"],
@@ -43,13 +44,15 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_one(dataset: str, variant: str, out: Path) -> dict:
+def run_one(dataset: str, variant: str, out: Path, seed: int = DEFAULT_SEED) -> dict:
     spec = DATASETS[dataset]
     folder = out / f"{dataset}_{list(VARIANTS).index(variant)}"
+    folder = folder / f"seed{seed}" if seed != DEFAULT_SEED else folder
     command = [sys.executable, "-m", "rcnn.cli", "train", "--network", "mask_rcnn_shapes",
                "--dataset", str(DATA / dataset), *spec["args"], "--max-iters", str(spec["iters"]),
                "--batch-size", "4", "--num-workers", "1", "--val-interval", "0",
-               "--save-interval", "0", "--output", str(folder), *VARIANTS[variant]]  # fmt: skip
+               "--save-interval", "0", "--output", str(folder), "--seed", str(seed),
+               *VARIANTS[variant]]  # fmt: skip
     before = _children_cpu()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = json.loads((folder / "final_metrics.json").read_text())
@@ -67,15 +70,18 @@ def main() -> None:
     parser.add_argument("--out", default="ablation_runs")
     parser.add_argument("--datasets", default="raccoon,balloon")
     parser.add_argument("--variants", default=",".join(str(i) for i in range(len(VARIANTS))))
+    parser.add_argument("--seeds", default=str(DEFAULT_SEED), help="training seeds (a row each)")
     args = parser.parse_args()
     names = list(VARIANTS)
-    print("| dataset | augmentation | result | iterations | CPU s |\n|---|---|---|---|---|")
+    print("| dataset | augmentation | seed | result | iterations | CPU s |")
+    print("|---|---|---|---|---|---|")
     for dataset in args.datasets.split(","):
         for index in args.variants.split(","):
             variant = names[int(index)]
-            row = run_one(dataset, variant, Path(args.out))
-            print(f"| {dataset} | {variant} | {_metric(row['metrics'])} | {row['iters']} | "
-                  f"{row['cpu_s']:.0f} |", flush=True)  # fmt: skip
+            for seed in (int(s) for s in args.seeds.split(",")):
+                row = run_one(dataset, variant, Path(args.out), seed)
+                print(f"| {dataset} | {variant} | {seed} | {_metric(row['metrics'])} | "
+                      f"{row['iters']} | {row['cpu_s']:.0f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

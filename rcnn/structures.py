@@ -256,8 +256,8 @@ class MaskPredictions:
 
     def class_logits(self) -> Tensor:
         """[P, M, M] logits of each RoI's own class."""
-        index = torch.arange(len(self.classes), device=self.classes.device)
-        return self.logits[index, self.classes]
+        index = self.classes.view(-1, 1, 1, 1).expand(-1, 1, *self.logits.shape[2:])
+        return self.logits.gather(1, index)[:, 0]  # a gather, so that it traces (ONNX export)
 
 
 @dataclass

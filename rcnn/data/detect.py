@@ -31,6 +31,7 @@ from rcnn.data.pngmasks import image_stem_of, load_png_masks, mask_files
 from rcnn.data.records import (
     HOLDOUT_FRACTION,
     ParsedDataset,
+    Problem,
     holdout_split,
     record_key,
     select_records,
@@ -237,18 +238,20 @@ def _read_all(layout: Layout, sources: list[str], options: dict[str, Any]) -> Pa
         return load_voc_folder(layout.root, None, classes=classes, xml_dir=folder,
                                image_dir=image_dir)  # fmt: skip
     if layout.format == "labelme":
-        return load_labelme(folder, image_dir=layout.images, classes=classes)
+        return load_labelme(folder, image_dir=layout.images, classes=classes, root=layout.root)
     if layout.format == "pngmasks":
         stems = [image_stem_of(p) for p in mask_files(folder)]
         image_dir = layout.images or find_image_dir(layout.root, stems, exclude=(folder,),
                                                     what="masks")  # fmt: skip
         return load_png_masks(folder, image_dir, class_map=options.get("class_map"),
                               classes=classes)  # fmt: skip
-    images = [p for source in sources for p in list_images(source)]
+    refused: list[Problem] = []
+    roots = [layout.root if os.path.isdir(layout.root) else os.path.dirname(layout.root)]
+    images = [p for s in sources for p in list_images(s, roots=roots, problems=refused)]
     if not images:
         raise DatasetError(f"{layout.root}: no images in {sources}")
     names = list(classes or layout.names or _yolo_fallback_names(layout.root))
-    return load_yolo(images, names, source=layout.root)
+    return load_yolo(images, names, source=layout.root, problems=refused)
 
 
 def _yolo_fallback_names(root: str) -> list[str]:

@@ -9,8 +9,10 @@ Conventions (labelme's own ``labelme2coco`` / ``labelme2voc`` examples):
   lines, points and other shape types carry no area: reported and dropped.
 Classes: the order of ``labels.txt`` beside the jsons (labelme's ``--labels`` file) when present,
 else the sorted names found. Images: ``imagePath`` relative to the json, else a file with the
-json's stem in the image folder (``--images``). Sizes: ``imageHeight``/``imageWidth``, else the
-file header.
+json's stem in the image folder (``--images``). An ``imagePath`` that leaves the dataset folder
+(``..`` past it, or an absolute path elsewhere) is refused as ``outside_root`` and the image
+skipped, as COCO's ``file_name`` is, unless reads outside are allowed (``--allow-outside-root``).
+Sizes: ``imageHeight``/``imageWidth``, else the file header.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ import numpy as np
 from rcnn.data import masks as mask_ops
 from rcnn.data.folders import files_with_suffix, images_by_stem, stem
 from rcnn.data.images import UnreadableImageError, image_size
-from rcnn.data.records import Instance, ParsedDataset, Problem, add_record, check_box, make_record
+from rcnn.data.records import (
+    Instance,
+    ParsedDataset,
+    Problem,
+    add_record,
+    check_box,
+    make_record,
+    outside_root_problem,
+    outside_roots,
+)
 from rcnn.errors import DatasetError
 from rcnn.jsonfile import load_json_file
 
@@ -97,16 +108,24 @@ def _group_shapes(data: dict, path: str, problems: list[Problem]) -> list[tuple[
     return list(groups.values())
 
 
-def _image_path(data: dict, json_path: str, images: dict[str, str] | None) -> str:
+def _image_path(data: dict, json_path: str, ctx: dict) -> str | None:
+    """The image of a labelme json: ``imagePath`` when it exists inside ``ctx["roots"]``, else
+    the json's stem in ``ctx["images"]`` (the image folder); None (reported) when ``imagePath``
+    leaves the roots and no image of that stem is there."""
     named = data.get("imagePath")
     candidate = None
     if isinstance(named, str) and named:  # labelme on Windows writes backslashes
         relative = named.replace("\\", "/")
         candidate = os.path.normpath(os.path.join(os.path.dirname(json_path), relative))
+        if outside_roots(candidate, ctx["roots"]):
+            if ctx["images"] is not None and stem(json_path) in ctx["images"]:
+                return ctx["images"][stem(json_path)]
+            ctx["problems"].append(outside_root_problem(json_path, named, ctx["roots"]))
+            return None
         if os.path.isfile(candidate):
             return candidate
-    if images is not None and stem(json_path) in images:
-        return images[stem(json_path)]
+    if ctx["images"] is not None and stem(json_path) in ctx["images"]:
+        return ctx["images"][stem(json_path)]
     return candidate or os.path.splitext(json_path)[0] + ".jpg"
 
 
@@ -123,12 +142,15 @@ def _size(data: dict, paths: tuple[str, str], problems: list[Problem]) -> tuple[
         return (0, 0)
 
 
-def _read_one(json_path: str, images: dict[str, str] | None, problems: list[Problem]):
+def _read_one(json_path: str, ctx: dict) -> dict | None:
+    problems = ctx["problems"]
     data = load_json_file(json_path, "labelme file", DatasetError)
     if not isinstance(data, dict):
         problems.append(Problem(json_path, None, "bad_annotation", "not a JSON object: skipped"))
         return None
-    image_path = _image_path(data, json_path, images)
+    image_path = _image_path(data, json_path, ctx)
+    if image_path is None:
+        return None
     size = _size(data, (image_path, json_path), problems)
     return {"json": json_path, "image": image_path, "size": size, "groups": _group_shapes(
         data, json_path, problems)}  # fmt: skip
@@ -168,6 +190,7 @@ def load_labelme(
     image_dir: str | None = None,
     classes: list[str] | None = None,
     skip_empty: bool = False,
+    root: str | None = None,
 ) -> ParsedDataset:
     """Every labelme json in ``folder`` (not recursive), with its image.
 
@@ -176,13 +199,17 @@ def load_labelme(
         image_dir: where the images are when ``imagePath`` does not lead to them.
         classes: the class names in label order (default: ``labels.txt`` or the sorted names).
         skip_empty: leave out images without a non-ignored instance.
+        root: the dataset folder (default ``folder``): ``imagePath`` may lead anywhere inside it
+            or ``image_dir``, not outside (``outside_root``).
     """
     paths = labelme_jsons(folder)
     if not paths:
         raise DatasetError(f"{folder}: no labelme json files (with 'shapes') in it")
     problems: list[Problem] = []
-    images = images_by_stem(image_dir) if image_dir else None
-    items = [item for p in paths if (item := _read_one(p, images, problems)) is not None]
+    roots = [folder] + ([image_dir] if image_dir else []) + [root or folder]
+    ctx = {"images": images_by_stem(image_dir) if image_dir else None, "roots": roots,
+           "problems": problems}  # fmt: skip
+    items = [item for p in paths if (item := _read_one(p, ctx)) is not None]
     names = list(classes) if classes else _class_names(folder, items)
     if not names:
         raise DatasetError(f"{folder}: no labelled shape in any labelme json")

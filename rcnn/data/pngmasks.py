@@ -9,6 +9,9 @@ Classes: every instance is of one class (``classes=[name]``, default ``"object"`
 map (json or yaml) says otherwise: ``{"classes": [names], "default": name, "instances":
 {"<image stem>": {"<k>": name}}, "values": {"<k>": name}}`` — ``values`` applies to every image
 (instance values that encode the class), ``instances`` to one image; all keys are optional.
+
+Paths: images and masks are the files listed in their two folders (no path is read from a file),
+so none can lead outside the dataset; symbolic links are read as the files they name.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ MAX_IOU = 0.3
 MIN_VISIBLE = 0.4
 MIN_COLOUR_DISTANCE = 120.0
 SIZE_RANGE = (0.15, 0.5)
+SETTINGS_FILE = "shapes.json"  # the settings a folder was made with, checked when it is reused
 
 
 def _shape_bitmap(kind: int, centre: tuple[float, float], side: float, size: int) -> np.ndarray:
@@ -156,13 +157,17 @@ def make_shapes(
         "train": os.path.join(out_dir, "annotations", "instances_train.json"),
         "val": os.path.join(out_dir, "annotations", "instances_val.json"),
     }
+    settings = {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
     if os.path.isfile(paths["train"]) and os.path.isfile(paths["val"]):
+        _check_settings(out_dir, settings)
         return paths
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".shapes-", dir=parent)
     _write_split(staging, "train", np.random.default_rng([seed, 0]), num_train, image_size)
     _write_split(staging, "val", np.random.default_rng([seed, 1]), num_val, image_size)
+    with open(os.path.join(staging, SETTINGS_FILE), "w", encoding="utf-8") as handle:
+        json.dump(settings, handle, sort_keys=True)
     if os.path.isfile(paths["train"]) and os.path.isfile(paths["val"]):
         shutil.rmtree(staging, ignore_errors=True)  # another process finished first
         return paths
@@ -178,6 +183,32 @@ def make_shapes(
     except OSError:  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
     return paths
+
+
+def _check_settings(out_dir: str, asked: dict[str, int]) -> None:
+    """Raise ``DatasetError`` when the shapes dataset already in ``out_dir`` was made with other
+    settings than ``asked`` (it is kept, never overwritten). A folder written before the settings
+    file existed is checked on its image counts and size."""
+    path = os.path.join(out_dir, SETTINGS_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            found = json.load(handle)
+    else:
+        found = dict(asked)
+        for split in ("train", "val"):
+            json_path = os.path.join(out_dir, "annotations", f"instances_{split}.json")
+            with open(json_path, encoding="utf-8") as handle:
+                images = json.load(handle)["images"]
+            found[f"num_{split}"] = len(images)
+            if images:
+                found["image_size"] = images[0]["width"]
+    differ = {k: (found.get(k), v) for k, v in asked.items() if found.get(k) != v}
+    if differ:
+        told = ", ".join(f"{k} {have} (asked {want})" for k, (have, want) in differ.items())
+        raise DatasetError(
+            f"{out_dir}: holds a shapes dataset made with other settings: {told}; "
+            "give another data root, or delete this folder to make it anew"
+        )
 
 
 def default_shapes_dir(seed: int, num_train: int, num_val: int, image_size: int) -> str:

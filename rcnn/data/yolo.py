@@ -24,7 +24,16 @@ import yaml
 
 from rcnn.data.folders import IMAGE_SUFFIXES, files_with_suffix
 from rcnn.data.images import UnreadableImageError, image_size
-from rcnn.data.records import Instance, ParsedDataset, Problem, add_record, check_box, make_record
+from rcnn.data.records import (
+    Instance,
+    ParsedDataset,
+    Problem,
+    add_record,
+    check_box,
+    make_record,
+    outside_root_problem,
+    outside_roots,
+)
 from rcnn.errors import DatasetError
 
 SPLIT_WORDS = {"train": ("train",), "val": ("val", "valid", "validation")}
@@ -117,13 +126,24 @@ def names_from_files(root: str) -> list[str] | None:
     return None
 
 
-def list_images(source: str) -> list[str]:
-    """The images of a split entry: a folder (recursive, as Ultralytics) or a txt list."""
+def list_images(
+    source: str, *, roots: list[str] | None = None, problems: list[Problem] | None = None
+) -> list[str]:
+    """The images of a split entry: a folder (recursive, as Ultralytics) or a txt list.
+
+    A txt list's line that leads outside the list's folder and ``roots`` (``..`` past them, or an
+    absolute path elsewhere) is refused as ``outside_root`` (appended to ``problems``), unless
+    reads outside are allowed (``--allow-outside-root``)."""
     if os.path.isfile(source) and source.endswith(".txt"):
         with open(source, encoding="utf-8") as handle:
             here = os.path.dirname(source)
-            return [os.path.normpath(os.path.join(here, line.strip())) for line in handle
-                    if line.strip()]  # fmt: skip
+            listed = [(line.strip(), os.path.normpath(os.path.join(here, line.strip())))
+                      for line in handle if line.strip()]  # fmt: skip
+        allowed = [here, *(roots or [])]
+        refused = [(line, path) for line, path in listed if outside_roots(path, allowed)]
+        if problems is not None:
+            problems += [outside_root_problem(source, line, allowed) for line, _ in refused]
+        return [path for line, path in listed if (line, path) not in refused]
     if not os.path.isdir(source):
         raise DatasetError(f"{source}: YOLO image folder or list not found")
     found = []
@@ -191,10 +211,16 @@ def _instance(row: tuple, size: tuple[int, int], ctx: dict):
 
 
 def load_yolo(
-    images: list[str], names: list[str], *, source: str, skip_empty: bool = False
+    images: list[str],
+    names: list[str],
+    *,
+    source: str,
+    skip_empty: bool = False,
+    problems: list[Problem] | None = None,
 ) -> ParsedDataset:
-    """Records for image paths ``images`` with the class ``names`` (see the module docstring)."""
-    problems: list[Problem] = []
+    """Records for image paths ``images`` with the class ``names`` (see the module docstring);
+    ``problems``: found before (e.g. refused list entries), reported with the reader's."""
+    problems = list(problems or [])
     rows_per_image, sizes = [], []
     for path in images:
         rows_per_image.append(parse_label_file(label_path(path), problems))

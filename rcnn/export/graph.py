@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from rcnn.errors import UserError
-from rcnn.export.heads import detect_boxes, mask_probabilities, paste_masks_dense
+from rcnn.export.heads import detect_boxes, mask_outputs, paste_masks_dense
 from rcnn.export.proposals import clip_to, preprocess, rpn_proposals, shape_of
 from rcnn.models.rcnn import RCNN
 
@@ -50,7 +50,12 @@ class ExportableRCNN(nn.Module):
         size = (height, width)
         features = list(model.backbone(batch).values())
         proposals = rpn_proposals(model.rpn, features, batch, size)
-        boxes, scores, labels, valid = detect_boxes(model.roi_heads, features, proposals, size)
+        detections = detect_boxes(model.roi_heads, features, proposals, size)
+        if self.has_mask:  # the mask branch; Mask Scoring rescores and re-sorts the rows
+            detections, probs = mask_outputs(
+                model.roi_heads, features, detections, self.detections_per_image
+            )
+        boxes, scores, labels, valid = detections
         ratio_h = shape[2].to(torch.float32) / height.to(torch.float32)
         ratio_w = shape[3].to(torch.float32) / width.to(torch.float32)
         raw_boxes = boxes * torch.stack([ratio_w, ratio_h, ratio_w, ratio_h])
@@ -59,7 +64,6 @@ class ExportableRCNN(nn.Module):
             if not model.cfg.box_head.clip_boxes:  # as RCNN.to_raw
                 outputs = (clip_to(raw_boxes, shape[2], shape[3]), *outputs[1:])
             return outputs
-        probs = mask_probabilities(model.roi_heads, features, boxes, labels)
         masks = paste_masks_dense(probs, raw_boxes.reshape(-1, 4), shape[2], shape[3])
         masks = masks & valid.reshape(-1, 1, 1)
         if not model.cfg.box_head.clip_boxes:  # as RCNN.to_raw: clipped after pasting

@@ -1,19 +1,22 @@
-"""RoI pooling, box post-processing and mask pasting as batched tensors (for tracing).
+"""Box post-processing, the mask branch and mask pasting as batched tensors (for tracing).
 
 Shape shorthand: B images, P proposals per image, C classes, K detections per image (padded),
 S pooled size, M mask size, H/W input image size.
 
 The eager ``RoIHeads.forward_test`` and ``paste_masks`` run per image with data-dependent sizes;
-these functions compute the same numbers on padded [B, ...] tensors with validity masks.
+these functions compute the same numbers on padded [B, ...] tensors with validity masks. The
+network stages are ``RoIHeads``'s own (``box_features`` -> ``box_predict`` -> ``BoxPredictions``;
+``mask_features`` -> ``MaskPredictions``; ``rescore``), called with RoI rows [B * K, 5] (image
+index first) instead of per-image lists, so FPN, C4 and Mask Scoring heads export as they run.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torchvision.ops import roi_align, roi_pool
+from torch import Tensor
 
+from rcnn.export.nms import group_nms
 from rcnn.export.proposals import (
     clip_to,
     gather_rows,
@@ -22,8 +25,10 @@ from rcnn.export.proposals import (
     shape_of,
     top_valid,
 )
-from rcnn.ops.masks import bilinear_taps
-from rcnn.ops.pooling import MultiLevelRoIPool, assign_fpn_levels
+from rcnn.models.maskiou import rescore
+from rcnn.models.roi_heads import RoIHeads
+from rcnn.ops.masks import bilinear_taps, paste_windows
+from rcnn.structures import MaskPredictions
 
 
 def with_batch_index(boxes: Tensor) -> Tensor:
@@ -33,61 +38,30 @@ def with_batch_index(boxes: Tensor) -> Tensor:
     return torch.cat([index, boxes], 2).reshape(-1, 5)
 
 
-def _pool_level(pool: MultiLevelRoIPool, feature: Tensor, rois: Tensor, stride: int) -> Tensor:
-    size = (pool.output_size, pool.output_size)
-    if pool.mode == "pool":
-        return roi_pool(feature, rois, size, 1.0 / stride)
-    return roi_align(feature, rois, size, 1.0 / stride, pool.sampling_ratio, pool.aligned)
+def mask_outputs(roi_heads: RoIHeads, features: list[Tensor], detections, count: int):
+    """``RoIHeads.mask_test`` on padded detections: mask probabilities, and with the MaskIoU
+    head (Mask Scoring R-CNN) the scores rescored and the rows re-sorted as there.
 
+    Args:
+        detections: boxes [B, K, 4], scores [B, K], labels [B, K] and valid bool [B, K]
+            (``detect_boxes``); count: K.
 
-def pool_rois(pool: MultiLevelRoIPool, features: list[Tensor], rois: Tensor) -> Tensor:
-    """``MultiLevelRoIPool.forward`` on rois [R, 5]: [R, D, S, S], each RoI from its level.
-
-    torchvision's RoIAlign (whose ONNX symbolic torchvision registers); the levels merge with one
-    ``scatter`` per level, as torchvision's ``_onnx_merge_levels``.
+    Returns:
+        the detections (re-sorted where rescored) and mask probabilities [B * K, M, M].
     """
-    if len(pool.strides) == 1:
-        return _pool_level(pool, features[0], rois, pool.strides[0])
-    levels = assign_fpn_levels(
-        rois[:, 1:],
-        pool.levels[0],
-        pool.levels[-1],
-        canonical_scale=pool.canonical_scale,
-        canonical_level=pool.canonical_level,
-        rule=pool.level_rule,
-    )
-    channels, side = features[0].shape[1], pool.output_size
-    out = torch.zeros(
-        (rois.shape[0], channels, side, side), dtype=features[0].dtype, device=rois.device
-    )
-    for feature, level, stride in zip(features, pool.levels, pool.strides, strict=False):
-        idx = torch.where(levels == level)[0]
-        pooled = _pool_level(pool, feature, rois[idx], stride)
-        out = out.scatter(0, idx.view(-1, 1, 1, 1).expand_as(pooled), pooled)
-    return out
-
-
-def box_outputs(roi_heads: nn.Module, features: list[Tensor], rois: Tensor):
-    """Class logits [R, C+1] and deltas [R, 4C] (``RoIHeads.box_forward``; C4: res5 + mean)."""
-    pooled = pool_rois(roi_heads.box_pool, features, rois)
-    if hasattr(roi_heads, "res5"):
-        return roi_heads.box_predictor(roi_heads.res5(pooled).mean(dim=(2, 3)))
-    step = roi_heads.box_cfg.pool_downsample
-    if step > 1:  # RoIHeads.box_features: GluonCV's AvgPool2D(3, strides=2, padding=1) for 2
-        pooled = F.avg_pool2d(pooled, 2 * step - 1, stride=step, padding=step - 1)
-    return roi_heads.box_predictor(roi_heads.box_head(pooled))
-
-
-def mask_probabilities(roi_heads: nn.Module, features: list[Tensor], boxes: Tensor, labels):
-    """Mask probabilities [B * K, M, M] of boxes [B, K, 4] for their labels [B, K]."""
-    rois = with_batch_index(boxes)
-    if hasattr(roi_heads, "res5"):
-        pooled = roi_heads.res5(pool_rois(roi_heads.box_pool, features, rois))
-    else:
-        pooled = pool_rois(roi_heads.mask_pool, features, rois)
-    logits = roi_heads.mask_head(pooled)  # [B * K, C, M, M]
-    index = labels.reshape(-1, 1, 1, 1).expand((-1, 1, *logits.shape[2:]))
-    return logits.gather(1, index)[:, 0].sigmoid()
+    boxes, scores, labels, valid = detections
+    feats = roi_heads.mask_features(features, with_batch_index(boxes))
+    flat_labels = labels.reshape(-1)
+    probs = MaskPredictions(roi_heads.mask_head(feats), flat_labels).class_logits().sigmoid()
+    if roi_heads.maskiou_head is None:
+        return detections, probs
+    rescored = rescore(roi_heads.maskiou_head, feats, probs, flat_labels, scores.reshape(-1))
+    scores = torch.where(valid, rescored.view_as(scores), torch.zeros_like(scores))
+    order, scores, _ = top_valid(scores, valid, count)  # valid rows stay first, best first
+    probs = gather_rows(probs.view(*labels.shape, *probs.shape[1:]), order)
+    scores = torch.where(valid, scores, torch.zeros_like(scores))
+    boxes, labels = gather_rows(boxes, order), gather_rows(labels, order)
+    return (boxes, scores, labels, valid), probs.reshape(-1, *probs.shape[2:])
 
 
 def _pad_candidates(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor, count: int):
@@ -101,7 +75,20 @@ def _pad_candidates(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor
     )
 
 
-def detect_boxes(roi_heads: nn.Module, features: list[Tensor], proposals, size):
+def class_nms(boxes: Tensor, scores: Tensor, valid: Tensor, num_classes: int, thresh: float):
+    """Per-image, per-class NMS of [B, P * C] candidates (proposal-major, class-minor, as
+    ``detect_boxes`` lays them out) as B * C groups of P (``rcnn.export.nms``); bool [B, P * C]."""
+    batch = boxes.shape[0]
+
+    def by_class(x: Tensor) -> Tensor:  # [B, P * C, ...] -> [B * C, P, ...]
+        x = x.reshape(batch, -1, num_classes, *x.shape[2:]).transpose(1, 2)
+        return x.reshape(-1, *x.shape[2:])
+
+    kept = group_nms(by_class(boxes), by_class(scores), by_class(valid), thresh)
+    return kept.reshape(batch, num_classes, -1).transpose(1, 2).reshape(batch, -1)
+
+
+def detect_boxes(roi_heads: RoIHeads, features: list[Tensor], proposals, size):
     """``RoIHeads.forward_test``'s boxes for a batch (``postprocess_boxes`` per image, batched).
 
     Args:
@@ -113,7 +100,9 @@ def detect_boxes(roi_heads: nn.Module, features: list[Tensor], proposals, size):
     """
     cfg = roi_heads.box_cfg
     boxes, proposal_valid = proposals
-    cls_logits, deltas = box_outputs(roi_heads, features, with_batch_index(boxes))
+    rois = with_batch_index(boxes)
+    preds = roi_heads.box_predict(roi_heads.box_features(features, rois))
+    cls_logits, deltas = preds.cls_logits, preds.box_deltas
     decoded = roi_heads.box_coder.decode(deltas, boxes.reshape(-1, 4))
     num_classes = deltas.shape[1] // 4
     batch = boxes.shape[0]
@@ -131,8 +120,11 @@ def detect_boxes(roi_heads: nn.Module, features: list[Tensor], proposals, size):
         order, _, valid = top_valid(scores, valid, limit)
         decoded, scores, labels = (gather_rows(x, order) for x in (decoded, scores, labels))
     valid = valid & large_enough(decoded, cfg.min_size)
-    image = torch.arange(batch, device=boxes.device)[:, None]
-    kept = grouped_nms(decoded, scores, image * num_classes + labels, valid, cfg.nms_thresh)
+    if cfg.nms_topk > 0:  # a few hundred pairs in any order: one NMS, groups shifted apart
+        image = torch.arange(batch, device=boxes.device)[:, None]
+        kept = grouped_nms(decoded, scores, image * num_classes + labels, valid, cfg.nms_thresh)
+    else:
+        kept = class_nms(decoded, scores, valid, num_classes, cfg.nms_thresh)
     count = cfg.detections_per_img
     decoded, scores, labels, kept = _pad_candidates(decoded, scores, labels, kept, count)
     order, top_scores, det_valid = top_valid(scores, kept, count)
@@ -160,13 +152,7 @@ def paste_masks_dense(masks: Tensor, boxes: Tensor, height: Tensor, width: Tenso
     and boxes [N, 4] (image pixels); padding 1, threshold 0.5, the same grown, truncated boxes."""
     size = masks.shape[-1]
     padded = F.pad(masks.float(), (1, 1, 1, 1))
-    scale = (size + 2) / size
-    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
-    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
-    ctr_x = (boxes[:, 2] + boxes[:, 0]) * 0.5
-    ctr_y = (boxes[:, 3] + boxes[:, 1]) * 0.5
-    grown = torch.stack((ctr_x - half_w, ctr_y - half_h, ctr_x + half_w, ctr_y + half_h), 1)
-    grown = grown.to(torch.int64)  # truncation toward zero, as torchvision
+    grown = paste_windows(boxes, size)  # the eager paste's windows
     box_w = (grown[:, 2] - grown[:, 0] + 1).clamp(min=1)
     box_h = (grown[:, 3] - grown[:, 1] + 1).clamp(min=1)
     rows = _interp_weights(grown[:, 1], box_h, size + 2, height)

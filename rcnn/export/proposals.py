@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from rcnn.export.resize import bilinear_resize
 from rcnn.models.anchors import AnchorGenerator
 from rcnn.models.config import InputConfig
 from rcnn.models.rpn import RPN
@@ -70,7 +71,10 @@ def preprocess(
     x = (x - mean[None]) / std[None]
     shape = shape_of(images)
     height, width = resized_size(shape[2], shape[3], cfg)
-    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    if torch.onnx.is_in_onnx_export():  # onnxruntime's Resize rounds otherwise (resize.py)
+        x = bilinear_resize(x, height, width)
+    else:  # the eager kernel itself, so that the graph in PyTorch is the model on any CPU
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
     div = cfg.size_divisibility
     pad_h = (height + div - 1) // div * div - height
     pad_w = (width + div - 1) // div * div - width

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcnn.models.config import BoxHeadConfig
-from rcnn.models.layers import conv_stack
+from rcnn.models.layers import conv_stack, float32_layer
 
 
 class TwoFCHead(nn.Module):
@@ -66,7 +66,7 @@ class BoxPredictor(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """[R, F] -> (class logits [R, C+1], deltas [R, 4C])."""
-        return self.cls_score(x), self.bbox_pred(x)
+        return float32_layer(self.cls_score, x), float32_layer(self.bbox_pred, x)
 
 
 def build_box_head(cfg: BoxHeadConfig, in_channels: int) -> nn.Module:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcnn.models.config import MaskHeadConfig
-from rcnn.models.layers import conv_stack
+from rcnn.models.layers import conv_stack, float32_layer
 
 
 class MaskHead(nn.Module):
@@ -38,7 +38,7 @@ class MaskHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[R, D, S, S] -> mask logits [R, C, M, M]."""
-        return self.predictor(F.relu(self.deconv(self.convs(x))))
+        return float32_layer(self.predictor, F.relu(self.deconv(self.convs(x))))
 
 
 def mask_loss(mask_logits: Tensor, gt_classes: Tensor, mask_targets: Tensor) -> Tensor:

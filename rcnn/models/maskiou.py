@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcnn.models.config import MaskHeadConfig
-from rcnn.models.layers import conv_stack
+from rcnn.models.layers import conv_stack, float32_layer
 
 
 class MaskIoUHead(nn.Module):
@@ -60,7 +60,7 @@ class MaskIoUHead(nn.Module):
         pooled = F.max_pool2d(mask_probs[:, None], kernel_size=2, stride=2)
         x = self.convs(torch.cat([features, pooled.to(features.dtype)], dim=1))
         x = F.relu(self.down(x)).flatten(1)
-        return self.predictor(F.relu(self.fc2(F.relu(self.fc1(x)))))
+        return float32_layer(self.predictor, F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
 def build_maskiou_head(
@@ -81,8 +81,11 @@ def build_maskiou_head(
 
 
 def class_channel(mask_logits: Tensor, classes: Tensor) -> Tensor:
-    """The ``[P, M, M]`` channel of each RoI's class from ``[P, C, M, M]`` logits."""
-    return mask_logits[torch.arange(len(classes), device=classes.device), classes]
+    """The ``[P, ...]`` channel of each RoI's class from ``[P, C, ...]`` (mask logits
+    ``[P, C, M, M]``, predicted IoUs ``[P, C]``); a gather, so that it traces (ONNX export)."""
+    trailing = mask_logits.shape[2:]
+    index = classes.view(-1, 1, *(1 for _ in trailing)).expand(-1, 1, *trailing)
+    return mask_logits.gather(1, index)[:, 0]
 
 
 def maskiou_targets(mask_logits: Tensor, classes: Tensor, mask_targets: Tensor) -> Tensor:

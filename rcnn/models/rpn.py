@@ -13,7 +13,7 @@ from torchvision.ops import batched_nms
 
 from rcnn.models.anchors import AnchorGenerator
 from rcnn.models.config import RPNConfig
-from rcnn.models.layers import conv_norm
+from rcnn.models.layers import conv_norm, float32_layer
 from rcnn.models.rpn_targets import RPNTargetGenerator
 from rcnn.ops.boxes import BoxCoder, clip_boxes, remove_small
 from rcnn.structures import Proposals, Targets
@@ -48,7 +48,8 @@ class RPNHead(nn.Module):
         logits, deltas = [], []
         for feature in features:
             hidden = self.conv(feature)
-            score, delta = self.objectness(hidden), self.deltas(hidden)
+            score = float32_layer(self.objectness, hidden)
+            delta = float32_layer(self.deltas, hidden)
             batch, num_anchors, height, width = score.shape
             logits.append(score.permute(0, 2, 3, 1).reshape(batch, -1))
             delta = delta.view(batch, num_anchors, 4, height, width).permute(0, 3, 4, 1, 2)

@@ -155,6 +155,20 @@ def _place_windows(local: Tensor, out: Tensor, corners: tuple[Tensor, ...]) -> N
         out[i, top : top + h, left : left + w] = local[i, :h, :w]
 
 
+def paste_windows(boxes: Tensor, mask_size: int, *, padding: int = 1) -> Tensor:
+    """int64 [N, 4]: the pixel window each of boxes [N, 4] gets its mask pasted into: the box
+    grown by ``(M + 2 * padding) / M`` about its centre, truncated toward zero (torchvision's
+    ``expand_boxes`` + ``int``). A box coordinate that crosses an integer there moves its mask by
+    a pixel, however little the box moved."""
+    scale = (mask_size + 2 * padding) / mask_size
+    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    ctr_x = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    ctr_y = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    grown = torch.stack((ctr_x - half_w, ctr_y - half_h, ctr_x + half_w, ctr_y + half_h), 1)
+    return grown.to(torch.int64)  # truncation toward zero, as torchvision
+
+
 def paste_masks(
     masks: Tensor,
     boxes: Tensor,
@@ -186,13 +200,7 @@ def paste_masks(
     if num == 0 or height == 0 or width == 0:
         return out
     padded = F.pad(masks.float(), (padding,) * 4)
-    scale = (size + 2 * padding) / size
-    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
-    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
-    ctr_x = (boxes[:, 2] + boxes[:, 0]) * 0.5
-    ctr_y = (boxes[:, 3] + boxes[:, 1]) * 0.5
-    grown = torch.stack((ctr_x - half_w, ctr_y - half_h, ctr_x + half_w, ctr_y + half_h), 1)
-    grown = grown.to(torch.int64)  # truncation toward zero, as torchvision
+    grown = paste_windows(boxes, size, padding=padding)
     box_w = (grown[:, 2] - grown[:, 0] + 1).clamp(min=1)
     box_h = (grown[:, 3] - grown[:, 1] + 1).clamp(min=1)
     for lo in range(0, num, chunk):

@@ -276,9 +276,10 @@ def roi_align(
         (the kernels' dtype) and come back in their dtype.
     """
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-    workers = max(1, min(torch.get_num_threads(), len(rois) // MIN_ROIS_PER_THREAD))
-    if feature.device.type != "cpu" or torch.jit.is_scripting():
+    if feature.device.type != "cpu" or torch.jit.is_scripting() or torch.jit.is_tracing():
+        # traced (ONNX export): torchvision's op, whose ONNX symbolic torchvision registers
         return tv_roi_align(feature, rois, size, spatial_scale, sampling_ratio, aligned)
+    workers = max(1, min(torch.get_num_threads(), len(rois) // MIN_ROIS_PER_THREAD))
     if feature.dtype != torch.float32:  # float32 CPU kernels; worker threads run without autocast
         pooled = roi_align(feature.float(), rois, size, spatial_scale, sampling_ratio, aligned)
         return pooled.to(feature.dtype)

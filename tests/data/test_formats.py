@@ -186,3 +186,37 @@ def test_detector_says_what_it_looked_for(tmp_path):
     (tmp_path / "notes.txt").write_text("nothing here")
     with pytest.raises(DatasetError, match=r"no dataset found .* --annotations"):
         build_dataset(str(tmp_path), "train")
+
+
+def test_labelme_image_path_leaving_the_dataset_is_refused(tmp_path, files):
+    root = tmp_path / "ds"
+    files.image(root / "pics" / "a.jpg", (40, 60))
+    files.image(tmp_path / "secret.jpg", (40, 60))  # beside the dataset, not in it
+    square = [[2, 2], [20, 2], [20, 20], [2, 20]]
+    _labelme(root / "json" / "a.json", [_shape("cat", square)])  # ../pics/a.jpg: inside
+    _labelme(root / "json" / "b.json", [_shape("cat", square)], image="../../secret.jpg")
+    dataset = build_dataset(str(root), "all")
+    assert [r.file_name for r in dataset.records] == ["a.jpg"]
+    [problem] = dataset.parsed.problems
+    assert problem.kind == "outside_root" and problem.file.endswith("b.json")
+    assert "'../../secret.jpg' leads outside the dataset folder" in problem.message
+    followed = build_dataset(str(root), "all", allow_outside_root=True)
+    assert [r.file_name for r in followed.records] == ["a.jpg", "secret.jpg"]
+    # the same image name in the image folder given by --images is read instead
+    files.image(root / "pics" / "b.jpg", (40, 60))
+    found = build_dataset(str(root), "all", images=str(root / "pics"))
+    assert [r.file_name for r in found.records] == ["a.jpg", "b.jpg"]
+    assert found.parsed.problems == []
+
+
+def test_yolo_list_entry_leaving_the_dataset_is_refused(tmp_path, files):
+    root = tmp_path / "yolo"
+    _yolo_image(root, "train", "t1", files, ["0 0.5 0.5 0.2 0.4"])
+    files.image(tmp_path / "secret.jpg", (50, 100))
+    (root / "train.txt").write_text("./images/train/t1.jpg\n../secret.jpg\n")
+    (root / "data.yaml").write_text("train: train.txt\nval: train.txt\nnames: [cat]\n")
+    dataset = build_dataset(str(root), "train", keep_empty=True)
+    assert [r.file_name for r in dataset.records] == ["t1.jpg"]
+    assert dataset.parsed.problem_counts() == {"outside_root": 1}
+    followed = build_dataset(str(root), "train", keep_empty=True, allow_outside_root=True)
+    assert [r.file_name for r in followed.records] == ["t1.jpg", "secret.jpg"]

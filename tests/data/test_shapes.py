@@ -28,7 +28,7 @@ def test_shapes_are_byte_identical_for_a_seed(tmp_path):
     second = make_shapes(str(tmp_path / "b"), seed=3, num_train=12, num_val=4)
     other = make_shapes(str(tmp_path / "c"), seed=4, num_train=12, num_val=4)
     digest = _digest(Path(first["root"]))
-    assert len(digest) == 12 + 4 + 2
+    assert len(digest) == 12 + 4 + 2 + 1  # images, two jsons, the settings file
     assert digest == _digest(Path(second["root"]))
     assert digest != _digest(Path(other["root"]))
     # val is drawn from its own stream, not a copy of training images
@@ -108,3 +108,17 @@ def test_shapes_never_overwrite_a_foreign_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
     (tmp_path / "empty").mkdir()
     assert Path(make_shapes(str(tmp_path / "empty"), num_train=1, num_val=1)["train"]).is_file()
+
+
+def test_a_shapes_folder_made_with_other_settings_is_not_reused_silently(tmp_path):
+    made = make_shapes(str(tmp_path / "s"), num_train=2, num_val=3, image_size=64)
+    assert make_shapes(str(tmp_path / "s"), num_train=2, num_val=3, image_size=64) == made
+    with pytest.raises(DatasetError, match=r"num_val 3 \(asked 5\)"):
+        make_shapes(str(tmp_path / "s"), num_train=2, num_val=5, image_size=64)
+    with pytest.raises(DatasetError, match=r"seed 0 \(asked 1\)"):
+        make_shapes(str(tmp_path / "s"), seed=1, num_train=2, num_val=3, image_size=64)
+    # a folder made before the settings file existed: checked on its counts and image size
+    (tmp_path / "s" / "shapes.json").unlink()
+    with pytest.raises(DatasetError, match=r"image_size 64 \(asked 128\)"):
+        make_shapes(str(tmp_path / "s"), num_train=2, num_val=3, image_size=128)
+    assert make_shapes(str(tmp_path / "s"), seed=1, num_train=2, num_val=3, image_size=64) == made

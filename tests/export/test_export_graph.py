@@ -1,12 +1,13 @@
 """The exportable forward (``ExportableRCNN``) in PyTorch equals ``model(images)`` exactly, for the
 presets' variants: GluonCV-style anchors and joint proposal ranking, ``nms_topk``, 14x14 RoIs
-average-pooled to 7x7, 4conv1fc + BN heads (torchvision v2) with RoIPool, C4 with masks."""
+average-pooled to 7x7, 4conv1fc + BN heads (torchvision v2) with RoIPool, C4 with masks, Mask
+Scoring R-CNN (MaskIoU rescoring)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from onnx_models import BALLOON, FRUITS, photo, spread_predictions
+from onnx_models import BALLOON, FRUITS, photo, spread_maskiou, spread_predictions
 from tiny_models import tiny_config
 
 from rcnn.export.graph import ExportableRCNN
@@ -34,7 +35,11 @@ def c4_mask(cfg):
     cfg.rpn.post_nms_topk = (300, 40)
 
 
-@pytest.mark.parametrize("variant", [gluoncv_fpn, v2_heads, c4_mask])
+def mask_scoring(cfg):
+    cfg.mask_head.maskiou, cfg.mask_head.maskiou_fc_dim = True, 32
+
+
+@pytest.mark.parametrize("variant", [gluoncv_fpn, v2_heads, c4_mask, mask_scoring])
 def test_exportable_forward_is_the_model(variant):
     torch.manual_seed(0)
     cfg = tiny_config(mask=True, num_classes=3)
@@ -44,7 +49,10 @@ def test_exportable_forward_is_the_model(variant):
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 2.0)
-    model = spread_predictions(model, scale=0.02 if cfg.arch == "c4" else 1.0).eval()
+    model = spread_predictions(model, scale=0.02 if cfg.arch == "c4" else 1.0)
+    if cfg.mask_head.maskiou:
+        model = spread_maskiou(model)
+    model.eval()
     images = [photo(FRUITS, (180, 240)), photo(BALLOON, (180, 240))]
     with torch.no_grad():
         refs = model(images)

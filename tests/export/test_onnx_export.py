@@ -14,14 +14,22 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx_models import BALLOON, CLASSES, FRUITS, RACCOON, photo, tiny_model
+from onnx_models import (
+    BALLOON,
+    CLASSES,
+    FRUITS,
+    RACCOON,
+    assert_same,
+    photo,
+    tiny_model,
+    torch_mask_probs,
+)
 
 from rcnn.export.graph import ExportableRCNN
 from rcnn.export.onnx import export_onnx
 from rcnn.export.proposals import resized_size, shape_of
 from rcnn.export.runtime import OnnxDetector
 from rcnn.models import rcnn as eager
-from rcnn.structures import Detections
 
 
 @pytest.fixture(scope="module")
@@ -37,32 +45,16 @@ def faster_c4(tmp_path_factory):
     return model, path
 
 
-def assert_same(ours: Detections, ref: Detections) -> None:
-    """onnxruntime's detections ``ours`` match PyTorch's ``ref`` within the contract's bounds."""
-    assert len(ours.scores) == len(ref.scores) > 0
-    assert torch.equal(ours.labels, ref.labels)
-    assert (ours.boxes - ref.boxes).abs().max() <= 1.0
-    assert (ours.scores - ref.scores).abs().max() <= 1e-3
-    if ref.masks is None:
-        assert ours.masks is None
-        return
-    assert ours.masks.shape == ref.masks.shape
-    inter = (ours.masks & ref.masks).flatten(1).sum(1).float()
-    union = (ours.masks | ref.masks).flatten(1).sum(1).float()
-    nonempty = union > 0
-    assert nonempty.sum() >= len(union) // 2  # most masks have pixels: the check means something
-    assert (inter[nonempty] / union[nonempty]).min() >= 0.95
-
-
 def run_both(model, path, images: list[torch.Tensor]):
     with torch.no_grad():
         ref = model(images)
     return OnnxDetector(path, threads=2)(images), ref
 
 
-@pytest.mark.parametrize("size", [(300, 400), (330, 250)])
+@pytest.mark.parametrize("size", [(300, 400), (330, 250), (96, 128), (100, 75)])
 def test_mask_fpn_matches_pytorch_batch_1_and_2(mask_fpn, size):
-    """Two photos of one size: each alone (batch 1) and together (batch 2), two image sizes."""
+    """Two photos of one size: each alone (batch 1) and together (batch 2); two sizes the graph
+    shrinks to the 128 px test size and two it enlarges (x1.25, x1.6: test_resize.py)."""
     model, path = mask_fpn
     images = [photo(FRUITS, size), photo(BALLOON, size)]
     detector = OnnxDetector(path, threads=2)
@@ -71,8 +63,9 @@ def test_mask_fpn_matches_pytorch_batch_1_and_2(mask_fpn, size):
     together = detector(images)  # equal sizes: one run with B = 2
     for image, ref, batched in zip(images, refs, together, strict=True):
         (alone,) = detector([image])
-        assert_same(alone, ref)
-        assert_same(batched, ref)
+        probs = torch_mask_probs(model, image)  # to tell a moved paste window (onnx_models.py)
+        assert_same(alone, ref, probs)
+        assert_same(batched, ref, probs)
     assert together[0].masks.shape[-2:] == size
 
 

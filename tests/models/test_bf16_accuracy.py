@@ -1,21 +1,15 @@
-"""bf16 vs float32 COCO AP of a small trained model (the shapes demo trained 300 steps,
-``data/make_shapes_fixture.py``; box / mask AP 0.48 / 0.45 on the 100 held-out images).
+"""bf16 vs float32 COCO AP of a small trained model: the shapes demo's model (the main job,
+800 steps, ``data/make_shapes_fixture.py``; box / mask AP 0.82 / 0.79 on its 100 held-out images).
 
-The issue's goal is 0.005 on a fully trained model over 100 images. This under-trained fixture
-has many near-tied proposals, and bf16 moves its AP by more: measured on AMD Zen 3 (emulated
-bf16, 2026-12-01) +0.034 box / +0.025 mask on these 24 images, +0.009 / +0.007 on all 100. So
-the test bounds the change at 0.05 on 24 images: bf16 inference that breaks a stage (boxes,
-scores or masks in the wrong dtype or scale) fails it; the 0.005 goal is measured by hand.
-
-Scores 24 images of 128 px. Where bf16 is emulated (AVX2 processors such as AMD Zen 3: torch's
-reference convolution: 5-9 s per image on that machine under heavy load) it is skipped unless
-``RCNN_BF16_ACCURACY=1``; the 100-image figures measured by hand on that machine are in
-README.md (Speed)."""
+The issue's bar: bf16 autocast within 0.005 box and mask AP of float32. Measured on AMD Zen 3
+(emulated bf16, 2026-12-01): -0.0030 box / -0.0042 mask with the heads' last layers in float32
+(``rcnn.models.layers.float32_layer``), -0.0050 / -0.0063 before. Emulated bf16 rounds as native
+bf16 does (float32 accumulation, bf16 operands), so the bar holds on every processor; 100 images
+of 128 px take about 10 s in bf16 even where it is emulated."""
 
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
@@ -28,10 +22,10 @@ from rcnn.evaluation import build_evaluator
 from rcnn.models.build import build_model
 from rcnn.models.config import ModelConfig
 from rcnn.models.fast import optimize
-from rcnn.ops.precision import cpu_has_bf16
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "shapes_model_fp16.pt"
-NUM_IMAGES = 24
+NUM_IMAGES = 300
+BAR = 0.005  # the issue's
 
 
 def trained_model() -> torch.nn.Module:
@@ -50,21 +44,17 @@ def coco_ap(model: torch.nn.Module, dataset) -> tuple[float, float]:
     return metrics["bbox"]["AP"], metrics["segm"]["AP"]
 
 
-@pytest.mark.skipif(
-    not (cpu_has_bf16() or os.environ.get("RCNN_BF16_ACCURACY") == "1"),
-    reason="bf16 is emulated on this processor (no AMX / AVX512-BF16): ~3 minutes for 24 images; "
-    "RCNN_BF16_ACCURACY=1 runs it anyway",
-)
 def test_bf16_ap_close_to_float32(tmp_path, torch_threads):
     # the main job's held-out images (seed 0's val split does not depend on num_train)
     dataset = build_dataset(
         "shapes", "val", data_root=str(tmp_path), seed=0, num_train=1, num_val=NUM_IMAGES,
         image_size=128,
     )  # fmt: skip
+    assert len(dataset) == NUM_IMAGES
     torch_threads(2)
     model = trained_model()
     box, mask = coco_ap(model, dataset)
-    assert box > 0.4 and mask > 0.4, (box, mask)  # a trained model, not noise
+    assert box > 0.75 and mask > 0.7, (box, mask)  # a trained model, not noise
     box16, mask16 = coco_ap(optimize(copy.deepcopy(model), amp="bf16"), dataset)
-    assert box16 == pytest.approx(box, abs=0.05), (box, box16)
-    assert mask16 == pytest.approx(mask, abs=0.05), (mask, mask16)
+    assert box16 == pytest.approx(box, abs=BAR), (box, box16)
+    assert mask16 == pytest.approx(mask, abs=BAR), (mask, mask16)
