@@ -235,8 +235,8 @@ def _paste_aligned_chunk(masks: Tensor, boxes: Tensor, out: Tensor, threshold: f
     size = masks.shape[-1]
     x0 = (boxes[:, 0].floor() - 1).clamp(min=0).long()
     y0 = (boxes[:, 1].floor() - 1).clamp(min=0).long()
-    x1 = torch.minimum((boxes[:, 2].ceil() + 1).long(), torch.tensor(width))
-    y1 = torch.minimum((boxes[:, 3].ceil() + 1).long(), torch.tensor(height))
+    x1 = (boxes[:, 2].ceil() + 1).clamp(max=width).long()
+    y1 = (boxes[:, 3].ceil() + 1).clamp(max=height).long()
     win_w, win_h = int((x1 - x0).clamp(min=0).max()), int((y1 - y0).clamp(min=0).max())
     if win_w == 0 or win_h == 0:
         return
