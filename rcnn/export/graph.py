@@ -10,7 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from rcnn.errors import UserError
-from rcnn.export.heads import detect_boxes, mask_outputs, paste_masks_dense
+from rcnn.export.heads import (
+    detect_boxes,
+    mask_outputs,
+    paste_masks_aligned_dense,
+    paste_masks_dense,
+)
 from rcnn.export.proposals import clip_to, preprocess, rpn_proposals, shape_of
 from rcnn.models.rcnn import RCNN
 
@@ -64,7 +69,8 @@ class ExportableRCNN(nn.Module):
             if not model.cfg.box_head.clip_boxes:  # as RCNN.to_raw
                 outputs = (clip_to(raw_boxes, shape[2], shape[3]), *outputs[1:])
             return outputs
-        masks = paste_masks_dense(probs, raw_boxes.reshape(-1, 4), shape[2], shape[3])
+        paste = paste_masks_aligned_dense if model.cfg.mask_head.paste == "aligned" else None
+        masks = (paste or paste_masks_dense)(probs, raw_boxes.reshape(-1, 4), shape[2], shape[3])
         masks = masks & valid.reshape(-1, 1, 1)
         if not model.cfg.box_head.clip_boxes:  # as RCNN.to_raw: clipped after pasting
             outputs = (clip_to(raw_boxes, shape[2], shape[3]), *outputs[1:])

@@ -158,3 +158,30 @@ def paste_masks_dense(masks: Tensor, boxes: Tensor, height: Tensor, width: Tenso
     rows = _interp_weights(grown[:, 1], box_h, size + 2, height)
     cols = _interp_weights(grown[:, 0], box_w, size + 2, width)
     return torch.bmm(rows, torch.bmm(padded, cols.transpose(1, 2))) > 0.5
+
+
+def _aligned_weights(low: Tensor, high: Tensor, size: int, out_size: Tensor) -> Tensor:
+    """``rcnn.ops.masks._cell_weights`` over whole image rows or columns, as broadcast comparisons:
+    [N, out, size] weights of a ``size``-cell mask spread over ``[low, high)`` (continuous
+    coordinates), zero outside the eager paste's window ``[floor(low) - 1, ceil(high) + 1)``."""
+    pixels = torch.arange(out_size, device=low.device)[None, :]
+    window = (pixels >= low.floor()[:, None] - 1) & (pixels < high.ceil()[:, None] + 1)
+    extent = (high - low).clamp(min=1e-6)
+    pos = (pixels.float() + 0.5 - low[:, None]) * (size / extent)[:, None] - 0.5
+    left = pos.floor()
+    frac = pos - left
+    cells = torch.arange(size, device=low.device).float()
+    weights = (cells == left[..., None]).float() * (1 - frac)[..., None]
+    weights = weights + (cells == left[..., None] + 1).float() * frac[..., None]
+    return weights * window.float()[..., None]
+
+
+def paste_masks_aligned_dense(
+    masks: Tensor, boxes: Tensor, height: Tensor, width: Tensor
+) -> Tensor:
+    """``rcnn.ops.masks.paste_masks_aligned`` (``mask_head.paste="aligned"``, Detectron2's
+    geometry) over whole images: bool [N, H, W] from masks [N, M, M] and boxes [N, 4]."""
+    size = masks.shape[-1]
+    rows = _aligned_weights(boxes[:, 1], boxes[:, 3], size, height)
+    cols = _aligned_weights(boxes[:, 0], boxes[:, 2], size, width)
+    return torch.bmm(rows, torch.bmm(masks.float(), cols.transpose(1, 2))) >= 0.5

@@ -1,7 +1,7 @@
 """The exportable forward (``ExportableRCNN``) in PyTorch equals ``model(images)`` exactly, for the
 presets' variants: GluonCV-style anchors and joint proposal ranking, ``nms_topk``, 14x14 RoIs
 average-pooled to 7x7, 4conv1fc + BN heads (torchvision v2) with RoIPool, C4 with masks, Mask
-Scoring R-CNN (MaskIoU rescoring)."""
+Scoring R-CNN (MaskIoU rescoring), Detectron2's aligned mask paste."""
 
 from __future__ import annotations
 
@@ -39,7 +39,11 @@ def mask_scoring(cfg):
     cfg.mask_head.maskiou, cfg.mask_head.maskiou_fc_dim = True, 32
 
 
-@pytest.mark.parametrize("variant", [gluoncv_fpn, v2_heads, c4_mask, mask_scoring])
+def aligned_paste(cfg):
+    cfg.mask_head.paste = "aligned"  # Detectron2's paste geometry (set by its config conversion)
+
+
+@pytest.mark.parametrize("variant", [gluoncv_fpn, v2_heads, c4_mask, mask_scoring, aligned_paste])
 def test_exportable_forward_is_the_model(variant):
     torch.manual_seed(0)
     cfg = tiny_config(mask=True, num_classes=3)
