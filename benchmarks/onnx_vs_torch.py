@@ -34,32 +34,13 @@ import torch
 
 from benchmarks.bench_setup import build_ours, build_torchvision, load_samples
 from rcnn.engine.runtime import keep_freed_memory
+from rcnn.export.compare import mask_iou, torch_mask_probs
 from rcnn.export.onnx import export_onnx
 from rcnn.export.runtime import OnnxDetector
 from rcnn.models.fast import optimize
-from rcnn.models.rcnn import pad_batch, test_resize
 from rcnn.ops.masks import paste_masks, paste_windows
 from rcnn.ops.precision import cpu_isa, cpu_name
 from rcnn.structures import Detections
-
-
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU [N] of bool masks [N, H, W] (1 where both are empty)."""
-    inter = (a & b).flatten(1).sum(1).float()
-    union = (a | b).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
-
-
-def mask_probabilities(model, image: torch.Tensor) -> torch.Tensor:
-    """PyTorch's mask probabilities [N, M, M] of ``model([image])``'s detections, in order."""
-    inp = model.cfg.input
-    resized = test_resize(model.normalize(image), inp.test_short, inp.max_size)
-    batch = pad_batch([resized], inp.size_divisibility)
-    with torch.no_grad():
-        feats = model.features(batch)
-        proposals, _, _ = model.rpn(feats, tuple(batch.tensor.shape[-2:]), batch.image_sizes)
-        (result,) = model.roi_heads.forward_test(feats, proposals, batch.image_sizes)
-    return result.mask_probs
 
 
 def explain_masks(ours: Detections, ref: Detections, twin: torch.Tensor, probs):
@@ -120,7 +101,7 @@ def check(model, detector: OnnxDetector, images: list[torch.Tensor]) -> bool:
     together = detector(images)
     all_ok = True
     for index, (image, ref) in enumerate(zip(images, refs, strict=True)):
-        probs = (lambda image=image: mask_probabilities(model, image)) if model.has_mask else None
+        probs = (lambda image=image: torch_mask_probs(model, image)) if model.has_mask else None
         for batch, ours in ((1, detector([image])[0]), (2, together[index])):
             ok, text = compare(ours, ref, probs)
             all_ok &= ok

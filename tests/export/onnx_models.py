@@ -12,8 +12,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from tiny_models import tiny_config
 
+from rcnn.export.compare import mask_iou
 from rcnn.models.build import build_model
-from rcnn.models.rcnn import pad_batch, test_resize
 from rcnn.ops.masks import paste_masks, paste_windows
 from rcnn.structures import Detections
 
@@ -101,22 +101,3 @@ def assert_same(ours: Detections, ref: Detections, probs: torch.Tensor | None = 
     assert moved.any(1).all(), f"masks {low.tolist()} under IoU 0.95 in unmoved windows"
     pasted = paste_masks(probs[low], ours.boxes[low], tuple(ours.masks.shape[-2:]))
     assert mask_iou(pasted, ours.masks[low]).min() >= 0.95
-
-
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU [N] of bool masks [N, H, W] (1 where both are empty)."""
-    inter = (a & b).flatten(1).sum(1).float()
-    union = (a | b).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
-
-
-def torch_mask_probs(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """PyTorch's mask probabilities [N, M, M] of ``model([image])``'s detections, in order."""
-    inp = model.cfg.input
-    resized = test_resize(model.normalize(image), inp.test_short, inp.max_size)
-    batch = pad_batch([resized], inp.size_divisibility)
-    with torch.no_grad():
-        feats = model.features(batch)
-        proposals, _, _ = model.rpn(feats, tuple(batch.tensor.shape[-2:]), batch.image_sizes)
-        (result,) = model.roi_heads.forward_test(feats, proposals, batch.image_sizes)
-    return result.mask_probs

@@ -4,8 +4,9 @@ IoU, re-sorted, as ``RoIHeads.mask_test`` gives them in eval and predict."""
 from __future__ import annotations
 
 import torch
-from onnx_models import BALLOON, FRUITS, assert_same, photo, tiny_model, torch_mask_probs
+from onnx_models import BALLOON, FRUITS, assert_same, photo, tiny_model
 
+from rcnn.export.compare import torch_mask_probs
 from rcnn.export.onnx import export_onnx
 from rcnn.export.runtime import OnnxDetector
 

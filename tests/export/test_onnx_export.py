@@ -22,9 +22,9 @@ from onnx_models import (
     assert_same,
     photo,
     tiny_model,
-    torch_mask_probs,
 )
 
+from rcnn.export.compare import torch_mask_probs
 from rcnn.export.graph import ExportableRCNN
 from rcnn.export.onnx import export_onnx
 from rcnn.export.proposals import resized_size, shape_of
