@@ -5,6 +5,7 @@ Shape shorthand: D channels.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -56,7 +57,8 @@ def norm_factory(name: str, *, eps: float = 1e-5):
         return partial(nn.BatchNorm2d, eps=eps)
     if name == "syncbn":
         return partial(nn.SyncBatchNorm, eps=eps)
-    return lambda channels: nn.GroupNorm(32, channels)
+    # 32 groups (Wu & He), or as many as divide a narrow layer's channels
+    return lambda channels: nn.GroupNorm(math.gcd(32, channels), channels)
 
 
 def conv_norm(

@@ -6,7 +6,11 @@ C classes.
 
 Head (the paper's Fig. 3): the mask head's input features ``[P, D, S, S]`` concatenated with the
 predicted mask of the RoI's class, max-pooled 2x2 to ``S x S``; four 3x3 convs (the last with
-stride 2), two fully connected layers and one output per class.
+stride 2), two fully connected layers and one output per class. # deviation from the paper: the
+first three convs are followed by GroupNorm: without it, trained from scratch (unnormalised
+features of any scale), the head's own loss jumped from 0.04 to 24 by iteration 5 and to NaN by
+iteration 8 on balloon (narrow preset, 320 px, colour + scale jitter), even with its features
+detached.
 
 Training: on the positive RoIs, the target is the IoU between the binarised predicted mask
 (probability > 0.5) and the mask target, both on the RoI's ``M x M`` grid, with no gradient into the
@@ -44,7 +48,7 @@ class MaskIoUHead(nn.Module):
         self, in_channels: int, *, conv_dim: int, fc_dim: int, resolution: int, num_classes: int
     ) -> None:
         super().__init__()
-        self.convs = conv_stack(in_channels + 1, conv_dim, 3)
+        self.convs = conv_stack(in_channels + 1, conv_dim, 3, norm="gn")
         self.down = nn.Conv2d(conv_dim, conv_dim, 3, stride=2, padding=1)
         side = (resolution + 1) // 2
         self.fc1 = nn.Linear(conv_dim * side * side, fc_dim)
@@ -53,7 +57,8 @@ class MaskIoUHead(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
                 nn.init.kaiming_uniform_(module.weight, a=1)
                 nn.init.zeros_(module.bias)
